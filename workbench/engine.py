@@ -61,6 +61,16 @@ def sample_tokens(logits: torch.Tensor, u: np.ndarray, temperature: float, top_k
     return choice.squeeze(-1) if index is None else index.gather(-1, choice).squeeze(-1)
 
 
+def _common_prefix_length(sequences: list[list[int]]) -> int:
+    """Length of the longest common start, leaving every sequence at least one token of its own."""
+    shortest = min(len(seq) for seq in sequences)
+    first = sequences[0]
+    length = 0
+    while length < shortest - 1 and all(seq[length] == first[length] for seq in sequences):
+        length += 1
+    return length
+
+
 class _Int8Weight:
     """A weight quantized to int8 per output channel, for W8A8 matmuls with per-row activation scales.
 
@@ -185,28 +195,48 @@ class LlamaEngine:
 
     # --------------------------------------------------------------------------- forward passes
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, cache_k=None, cache_v=None, slots=None):
-        """Run right-padded prompts [B, T]; write K/V into cache rows `slots`; return last hidden [B, H]."""
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, cache_k=None, cache_v=None, slots=None,
+                prefix: tuple[list, list] | None = None, all_positions: bool = False) -> torch.Tensor:
+        """Run right-padded prompts [B, T] (real lengths `lengths`); return the last real hidden state [B, hidden]
+        (or every position's [B, T, hidden] with `all_positions`).
+
+        With `prefix` (per-layer K and V of shape [1, KV, P, D], a prompt start shared by all rows, e.g. the
+        system prompt), the rows continue it from position P. With a cache, K/V land in rows `slots`.
+        """
         B, T = tokens.shape
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        positions = torch.arange(T).expand(B, T)
+        start = prefix[0][0].shape[2] if prefix else 0
+        positions = torch.arange(start, start + T).expand(B, T)
         cos, sin = self._rope(positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         valid = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)                   # [B, T] real keys
         mask = torch.ones(T, T, dtype=torch.bool).tril().unsqueeze(0) & valid.unsqueeze(1)
-        mask = mask.unsqueeze(1)                                                      # [B, 1, T, T]
+        if start:
+            mask = torch.cat([torch.ones(B, T, start, dtype=torch.bool), mask], dim=2)
+        mask = mask.unsqueeze(1)                                                      # [B, 1, T, start + T]
         x = self.embed[tokens]
         for i, (n1, qkv_w, o_w, n2, gu_w, down_w) in enumerate(self.layers):
             qkv = _linear(self._norm(x, n1), qkv_w).view(B, T, H + 2 * KV, D).transpose(1, 2)
             q, k, v = qkv.split([H, KV, KV], dim=1)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             if cache_k is not None:
-                cache_k[i][slots, :, :T] = k
-                cache_v[i][slots, :, :T] = v
+                cache_k[i][slots, :, start:start + T] = k
+                cache_v[i][slots, :, start:start + T] = v
+            if start:
+                k = torch.cat([prefix[0][i].expand(B, -1, -1, -1), k], dim=2)
+                v = torch.cat([prefix[1][i].expand(B, -1, -1, -1), v], dim=2)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
             x = x + _linear(attn.transpose(1, 2).reshape(B, T, H * D), o_w)
             x = self._mlp(x, n2, gu_w, down_w)
-        return x[torch.arange(B), lengths - 1]
+        return x if all_positions else x[torch.arange(B), lengths - 1]
+
+    def shared_prefix(self, prompt_ids: list[int]) -> tuple[list, list]:
+        """Per-layer K/V of a prompt start that every request shares, computed once."""
+        shape = (1, self.n_kv, len(prompt_ids), self.head_dim)
+        keys = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
+        values = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
+        self.prefill(torch.tensor([prompt_ids]), torch.tensor([len(prompt_ids)]), keys, values, torch.tensor([0]))
+        return keys, values
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache_k, cache_v, span: int) -> torch.Tensor:
@@ -235,7 +265,8 @@ class LlamaEngine:
 
     # --------------------------------------------------------------------------- the scheduler
     def run(self, requests: Sequence[Request], stop_ids: Sequence[int], temperature: float = 1.0,
-            top_k: int = 0, top_p: float = 1.0, slots: int = 64, prefill_chunk: int = 16) -> Iterator[Finished]:
+            top_k: int = 0, top_p: float = 1.0, slots: int = 64, prefill_chunk: int = 16,
+            min_shared_prefix: int = 8) -> Iterator[Finished]:
         """Generate every request; yield each as it finishes (not in request order)."""
         if not requests:
             return
@@ -263,22 +294,32 @@ class LlamaEngine:
                 return Finished(r.key, generated[s], "length")
             return None
 
+        # the prompt start all requests share (the chat template's system turn, typically) is run once;
+        # each admitted request copies its K/V and runs only the rest of its prompt
+        P = _common_prefix_length([r.prompt_ids for r in requests])
+        prefix = self.shared_prefix(requests[0].prompt_ids[:P]) if P >= min_shared_prefix else None
+        P = P if prefix else 0
+
         def admit() -> list[Finished]:
             done = []
             free = [s for s in range(len(active)) if active[s] is None]
             while free and queue:
                 batch = [(free.pop(0), queue.pop()) for _ in range(min(prefill_chunk, len(free), len(queue)))]
                 slot_index = torch.tensor([s for s, _ in batch])
-                lengths = torch.tensor([len(r.prompt_ids) for _, r in batch])
+                lengths = torch.tensor([len(r.prompt_ids) - P for _, r in batch])
                 tokens = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
                 for row, (_, r) in enumerate(batch):
-                    tokens[row, : len(r.prompt_ids)] = torch.tensor(r.prompt_ids)
-                hidden = self.prefill(tokens, lengths, cache_k, cache_v, slot_index)
+                    tokens[row, : len(r.prompt_ids) - P] = torch.tensor(r.prompt_ids[P:])
+                if prefix:
+                    for i in range(len(self.layers)):
+                        cache_k[i][slot_index, :, :P] = prefix[0][i]
+                        cache_v[i][slot_index, :, :P] = prefix[1][i]
+                hidden = self.prefill(tokens, lengths, cache_k, cache_v, slot_index, prefix=prefix)
                 for s, r in batch:
                     active[s] = r
                     generated[s] = []
                     seeds[s] = np.uint64(r.seed)
-                positions[slot_index] = lengths
+                positions[slot_index] = lengths + P
                 u = uniforms(seeds[slot_index.numpy()], np.zeros(len(batch)))
                 first = sample_tokens(self.logits(hidden), u, temperature, top_k, top_p)
                 next_tokens[slot_index] = first

@@ -270,11 +270,13 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | Any = "auto", device: str
         model = model.to(torch_dtype)
         name, path = f"{Path(where).name}@{sha256_file(Path(where))[:12]}", str(where)
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
         try:
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype,
+            # read HF_HUB_OFFLINE now, not at import time, so that setting it later takes effect
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, local_files_only=offline,
                                                          trust_remote_code=trust_remote_code)
-            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=offline,
+                                                      trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise ModelSpecError(
                 f"Could not load model {spec!r}: it is not an embedded model ({', '.join(EMBEDDED)}), "

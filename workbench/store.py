@@ -151,7 +151,13 @@ class Run:
         """Append one ledger line (a whole line per write, so a kill cannot split one)."""
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage": stage, **fields}
         line = (json.dumps(entry, default=str) + "\n").encode()
-        fd = os.open(self.path / "ledger.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        file = self.path / "ledger.jsonl"
+        if file.exists() and file.stat().st_size:
+            with open(file, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    line = b"\n" + line  # a kill cut the last line: start ours on a fresh one
+        fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
         finally:
