@@ -99,3 +99,22 @@ def test_sample_tokens_respects_top_k_and_top_p():
     draws = sample_tokens(row, uniforms(np.arange(20000, dtype=np.uint64), np.zeros(20000)), 1.0, 0, 1.0)
     expected = torch.softmax(row[0], -1)[0].item()
     assert abs((draws == 0).float().mean().item() - expected) < 0.015
+
+
+def test_shared_prefix_gives_the_same_tokens(tiny):
+    engine = LlamaEngine(tiny.model)
+    ids = _ids(tiny)
+    stops = stop_token_ids(tiny.tokenizer, tiny.model)
+    requests = [Request(k, i, 7 + k, 16) for k, i in enumerate(ids)]
+    shared = {f.key: f.token_ids for f in engine.run(requests, stops, temperature=0.7, slots=3)}
+    unshared = {f.key: f.token_ids for f in engine.run(requests, stops, temperature=0.7, slots=3,
+                                                       min_shared_prefix=10**9)}
+    assert shared == unshared
+    # and the all-position forward agrees with the last-position one
+    tokens = torch.tensor([ids[0]])
+    lengths = torch.tensor([len(ids[0])])
+    every = engine.prefill(tokens, lengths, all_positions=True)
+    assert torch.allclose(every[:, -1], engine.prefill(tokens, lengths), atol=1e-5)
+    with torch.no_grad():
+        reference = tiny.model(tokens).logits[0]
+    assert torch.allclose(engine.logits(every)[0], reference, atol=2e-4, rtol=1e-4)

@@ -6,9 +6,8 @@ finished samples are kept, only missing ones are generated.
 """
 from __future__ import annotations
 
+import textwrap
 import time
-
-import pandas as pd
 
 from .generate import generate
 from .models import DEFAULT_MODEL, data_dir, load_model
@@ -24,6 +23,10 @@ STAGES = {
 SMOKE = {"arithmetic": 4, "instructions": 4, "corpus": 4}
 
 
+def _short(text: str, width: int = 110) -> str:
+    return textwrap.shorten(" ".join(str(text).split()), width=width, placeholder=" ...")
+
+
 def main(smoke: bool = False, run_dir=None) -> int:
     started = time.perf_counter()
     run = Run(run_dir or data_dir() / "runs" / ("demo-smoke" if smoke else "demo"))
@@ -36,8 +39,8 @@ def main(smoke: bool = False, run_dir=None) -> int:
         params = dict(task_params, n=SMOKE[task]) if smoke else task_params
         samples = generate(get_task(task, **params), model=model, run=run, seed=0, **gen_params)
         print(f"== generate {task}: {len(samples)} samples in {time.perf_counter() - stage_start:.1f}s", flush=True)
-        with pd.option_context("display.max_colwidth", 90, "display.width", 200):
-            print(samples[["prompt", "completion"]].head(2).to_string(index=False), flush=True)
+        for row in samples.head(2).itertuples():
+            print(f"   prompt:     {_short(row.prompt)}\n   completion: {_short(row.completion)}", flush=True)
     print("\n== summary")
     print(run.summary().to_string(index=False))
     print(f"\n== done in {time.perf_counter() - started:.0f}s; inspect with `workbench runs show {run.path}`")

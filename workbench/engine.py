@@ -359,3 +359,53 @@ class LlamaEngine:
             for s, a in enumerate(active):
                 if a is None:
                     positions[s] = 0
+
+
+# ------------------------------------------------------------------------------- scoring helpers
+# Graders need logits, not text: the judge reads the next-token distribution after a rubric prompt,
+# the perplexity grader the log-probability of each completion token. Both share the prompt start
+# (system turn + rubric), which is run once.
+
+@torch.inference_mode()
+def next_token_logits(engine: LlamaEngine, sequences: list[list[int]], batch_size: int = 32,
+                      on_batch=None) -> torch.Tensor:
+    """Logits [len(sequences), vocab] of the token after each sequence."""
+    P = _common_prefix_length(sequences) if len(sequences) > 1 else 0
+    prefix = engine.shared_prefix(sequences[0][:P]) if P >= 8 else None
+    P = P if prefix else 0
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start:start + batch_size]
+        lengths = torch.tensor([len(s) - P for s in batch])
+        tokens = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            tokens[row, : len(seq) - P] = torch.tensor(seq[P:])
+        out.append(engine.logits(engine.prefill(tokens, lengths, prefix=prefix)))
+        if on_batch:
+            on_batch(len(batch))
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def token_logprobs(engine: LlamaEngine, sequences: list[list[int]], score_from: list[int], batch_size: int = 8,
+                   on_batch=None) -> list[np.ndarray]:
+    """For each sequence, log p(token_t | tokens_<t) for t in [score_from, len): the completion's tokens."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(sequences), batch_size):
+        batch, starts = sequences[start:start + batch_size], score_from[start:start + batch_size]
+        lengths = torch.tensor([len(s) for s in batch])
+        tokens = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            tokens[row, : len(seq)] = torch.tensor(seq)
+        hidden = engine.prefill(tokens, lengths, all_positions=True)
+        for row, (seq, first) in enumerate(zip(batch, starts)):
+            first = max(first, 1)
+            if first >= len(seq):
+                out.append(np.zeros(0))
+                continue
+            logits = engine.logits(hidden[row, first - 1:len(seq) - 1])        # predicts tokens first..end
+            logp = torch.log_softmax(logits, dim=-1)
+            out.append(logp.gather(-1, torch.tensor(seq[first:]).unsqueeze(-1)).squeeze(-1).numpy())
+        if on_batch:
+            on_batch(len(batch))
+    return out

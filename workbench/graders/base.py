@@ -1,0 +1,84 @@
+"""The grader protocol and `grade`, which adds one `score__<name>` column per grader.
+
+A grader has a `name` and `score(samples) -> pd.Series` (index aligned with `samples`, NaN where it
+cannot score a row). Given a run, `grade` stores each grader's scores under
+`gen-XXX/scores/<name>/part-*.parquet` (sample_id, score) and reuses them: rows already scored by a
+grader of the same name and settings are never scored again.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputDataError
+
+
+class Grader(Protocol):
+    name: str
+
+    def score(self, samples: pd.DataFrame) -> pd.Series: ...
+
+
+def grader_config(grader) -> dict:
+    """The settings that identify a grader's scores (its public, simple attributes)."""
+    config = {"class": type(grader).__name__}
+    for key, value in vars(grader).items():
+        if not key.startswith("_") and isinstance(value, (str, int, float, bool, type(None), list, tuple, dict)):
+            config[key] = value
+    return json.loads(json.dumps(config, default=str))
+
+
+def grade(samples: pd.DataFrame, graders: Sequence, run=None, generation: int = 0) -> pd.DataFrame:
+    """Return a copy of `samples` with a column `score__<name>` per grader (stored in / reused from `run`)."""
+    if "sample_id" not in samples.columns and run is not None:
+        raise InputDataError("Samples without a sample_id column cannot be stored in a run.",
+                             "Grade the output of workbench.generate(), or pass run=None.")
+    names = [g.name for g in graders]
+    if len(set(names)) != len(names):
+        raise InputDataError(f"Two graders share a name: {names}.", "Give each grader a distinct name=.")
+    out = samples.copy()
+    for grader in graders:
+        column = f"score__{grader.name}"
+        if run is None:
+            out[column] = _checked(grader, grader.score(samples), samples)
+            continue
+        run.check_config(f"grade:{grader.name}:gen-{generation:03d}", grader_config(grader))
+        table = f"scores/{grader.name}"
+        stored = run.read(table, generation)
+        known = dict(zip(stored["sample_id"], stored["score"])) if len(stored) else {}
+        todo = samples[~samples["sample_id"].isin(known)]
+        if len(todo):
+            started = time.perf_counter()
+            scores = _checked(grader, grader.score(todo), todo)
+            run.append(table, pd.DataFrame({"sample_id": todo["sample_id"].to_numpy(),
+                                            "score": scores.to_numpy(dtype=float)}), generation)
+            seconds = time.perf_counter() - started
+            run.log("grade", generation=generation, grader=grader.name, items=len(todo), seconds=round(seconds, 3),
+                    items_per_s=round(len(todo) / max(seconds, 1e-9), 2), nan=int(scores.isna().sum()))
+            known.update(zip(todo["sample_id"], scores.to_numpy(dtype=float)))
+        out[column] = samples["sample_id"].map(known).astype(float).to_numpy()
+    return out
+
+
+def _checked(grader, scores, samples) -> pd.Series:
+    scores = pd.Series(scores, index=samples.index) if not isinstance(scores, pd.Series) else scores
+    if len(scores) != len(samples):
+        raise InputDataError(f"Grader {grader.name!r} returned {len(scores)} scores for {len(samples)} samples.",
+                             "A grader must return one score per row (NaN where it cannot score).")
+    return pd.to_numeric(scores, errors="coerce").astype(float).set_axis(samples.index)
+
+
+def require_columns(samples: pd.DataFrame, columns: Sequence[str], grader: str) -> None:
+    missing = [c for c in columns if c not in samples.columns]
+    if missing:
+        raise InputDataError(f"Grader {grader!r} needs columns {missing}, which the samples lack.",
+                             "Grade the output of workbench.generate() (it has prompt, completion, reference).")
+
+
+def finite_or_nan(values) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(values), values, np.nan)

@@ -1,0 +1,155 @@
+"""Graders that run a language model: the self-judge and perplexity under a reference model.
+
+Both use the fast engine's forward pass (shared prompt start run once, batched, logits only where
+needed) for Llama-family models and a plain transformers forward otherwise. Default dtype fp32:
+bf16 flips a few percent of the judge's close Yes/No calls (DESIGN.md), and the dtype is part of the
+grader's settings stored in the run.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputDataError
+from ..models import DEFAULT_MODEL, LoadedModel, load_model
+from ..progress import progress
+from .base import require_columns
+
+DEFAULT_RUBRIC = ("You are a strict grader. Read the task and the answer below, then decide whether the "
+                  "answer is correct, complete and helpful.")
+YES_NO_QUESTION = "Is the answer correct and helpful? Reply with Yes or No."
+SCALE_QUESTION = "Rate the answer from {low} (useless) to {high} (excellent). Reply with one digit."
+
+
+class _ModelGrader:
+    def __init__(self, model, dtype, quantize, batch_size):
+        self.model = model if isinstance(model, str) else getattr(model, "name", "model")
+        self.dtype, self.quantize, self.batch_size = dtype, quantize, batch_size
+        self._loaded = model if isinstance(model, LoadedModel) else None
+        self._engine = None
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            self._loaded = load_model(self.model, dtype=self.dtype)
+        return self._loaded
+
+    @property
+    def engine(self):
+        from ..engine import LlamaEngine, supports
+
+        if self._engine is None and supports(self.loaded.model):
+            self._engine = LlamaEngine(self.loaded.model, quantize=self.quantize)
+        return self._engine
+
+
+class SelfJudge(_ModelGrader):
+    """The model judges each sample from one forward pass over a rubric prompt.
+
+    mode="yes_no": P("Yes") renormalised over the Yes/No answer tokens, in [0, 1].
+    mode="scale": the expected rating over the digit tokens low..high (single digits), mapped to [0, 1].
+    The rubric comes first in the prompt so its tokens (and the system turn) are computed once for all items.
+    """
+
+    def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, name: str = "judge", mode: str = "yes_no",
+                 rubric: str = DEFAULT_RUBRIC, low: int = 1, high: int = 5, dtype: str = "fp32",
+                 quantize: str | None = None, batch_size: int = 32):
+        if mode not in ("yes_no", "scale"):
+            raise InputDataError(f"SelfJudge mode must be 'yes_no' or 'scale', not {mode!r}.", "Pick one of the two.")
+        if mode == "scale" and not 0 <= low < high <= 9:
+            raise InputDataError(f"SelfJudge scale {low}..{high} needs single digits.",
+                                 "Use a scale within 0..9, e.g. low=1, high=5 (two-digit ratings are two tokens).")
+        super().__init__(model, dtype, quantize, batch_size)
+        self.name, self.mode, self.rubric, self.low, self.high = name, mode, rubric, low, high
+
+    def prompt_ids(self, prompt: str, completion: str) -> list[int]:
+        from ..generate import encode_prompt
+
+        question = YES_NO_QUESTION if self.mode == "yes_no" else SCALE_QUESTION.format(low=self.low, high=self.high)
+        text = f"{self.rubric}\n\nTask: {prompt}\n\nAnswer: {completion}\n\n{question}"
+        return encode_prompt(self.loaded.tokenizer, text, True, None)
+
+    def candidate_ids(self) -> tuple[list[int], list[int]] | list[int]:
+        tokenizer = self.loaded.tokenizer
+        first = lambda word: tokenizer.encode(word, add_special_tokens=False)[0]  # noqa: E731
+        if self.mode == "yes_no":
+            return sorted({first(w) for w in ("Yes", " Yes", "yes")}), sorted({first(w) for w in ("No", " No", "no")})
+        return [first(str(d)) for d in range(self.low, self.high + 1)]
+
+    def logits(self, sequences: list[list[int]]):
+        import torch
+
+        from ..engine import next_token_logits
+
+        with progress(len(sequences), f"judge:{self.name}", unit="items") as bar:
+            if self.engine is not None:
+                return next_token_logits(self.engine, sequences, self.batch_size, on_batch=bar.update)
+            out = []
+            tokenizer, model = self.loaded.tokenizer, self.loaded.model
+            for start in range(0, len(sequences), self.batch_size):
+                batch = sequences[start:start + self.batch_size]
+                width = max(map(len, batch))
+                ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+                mask = torch.zeros_like(ids)
+                for row, seq in enumerate(batch):
+                    ids[row, width - len(seq):], mask[row, width - len(seq):] = torch.tensor(seq), 1
+                with torch.inference_mode():
+                    out.append(model(input_ids=ids, attention_mask=mask).logits[:, -1].float())
+                bar.update(len(batch))
+            return torch.cat(out)
+
+    def score(self, samples: pd.DataFrame) -> pd.Series:
+        import torch
+
+        require_columns(samples, ["prompt", "completion"], self.name)
+        if len(samples) == 0:
+            return pd.Series([], dtype=float, index=samples.index)
+        sequences = [self.prompt_ids(p, c) for p, c in zip(samples["prompt"], samples["completion"])]
+        logits = self.logits(sequences)
+        if self.mode == "yes_no":
+            yes, no = self.candidate_ids()
+            log_yes, log_no = torch.logsumexp(logits[:, yes], -1), torch.logsumexp(logits[:, no], -1)
+            scores = torch.sigmoid(log_yes - log_no).numpy()
+        else:
+            probs = torch.softmax(logits[:, self.candidate_ids()], dim=-1).numpy()
+            ratings = np.arange(self.low, self.high + 1)
+            scores = (probs @ ratings - self.low) / (self.high - self.low)
+        return pd.Series(scores.astype(float), index=samples.index)
+
+
+class Perplexity(_ModelGrader):
+    """exp(mean log-probability of the completion's tokens given its prompt) under a reference model,
+    in (0, 1]: 1 / perplexity (higher = more expected by the reference model). Default: the base model."""
+
+    def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, name: str = "perplexity", dtype: str = "fp32",
+                 quantize: str | None = None, batch_size: int = 8):
+        super().__init__(model, dtype, quantize, batch_size)
+        self.name = name
+
+    def score(self, samples: pd.DataFrame) -> pd.Series:
+        import torch
+
+        from ..engine import token_logprobs
+        from ..generate import encode_prompt
+
+        require_columns(samples, ["prompt", "completion"], self.name)
+        tokenizer = self.loaded.tokenizer
+        chats = samples["chat"] if "chat" in samples.columns else [True] * len(samples)
+        sequences, starts = [], []
+        for prompt, completion, chat in zip(samples["prompt"], samples["completion"], chats):
+            prompt_ids = encode_prompt(tokenizer, prompt, bool(chat), None)
+            completion_ids = tokenizer.encode(str(completion), add_special_tokens=False)
+            sequences.append(prompt_ids + completion_ids)
+            starts.append(len(prompt_ids))
+        with progress(len(sequences), f"perplexity:{self.name}", unit="items") as bar:
+            if self.engine is not None:
+                logprobs = token_logprobs(self.engine, sequences, starts, self.batch_size, on_batch=bar.update)
+            else:
+                logprobs = []
+                for seq, first in zip(sequences, starts):
+                    with torch.inference_mode():
+                        logits = self.loaded.model(torch.tensor([seq])).logits[0, first - 1:-1].float()
+                    logprobs.append(torch.log_softmax(logits, -1).gather(
+                        -1, torch.tensor(seq[first:]).unsqueeze(-1)).squeeze(-1).numpy())
+                    bar.update(1)
+        return pd.Series([float(np.exp(lp.mean())) if len(lp) else np.nan for lp in logprobs], index=samples.index)
