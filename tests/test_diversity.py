@@ -83,19 +83,16 @@ def _exact_ngram_vendi(texts):
     return dv.vendi_from_features(exact)
 
 
-def test_ngram_vendi_exact_and_hashed():
+def test_ngram_vendi_exact_and_sampled():
     from workbench.tasks import get_task
 
     corpus = get_task("corpus", n=250)
     real = [f"{p} {r}" for p, r in zip(corpus["prompt"], corpus["reference"])]
-    exact = _exact_ngram_vendi(real)
-    assert dv.ngram_vendi(real) == pytest.approx(exact, rel=1e-9)
-    # the hashed path (used above exact_up_to texts) reads a few percent low, as documented
-    assert dv.ngram_vendi(real, exact_up_to=10) == pytest.approx(exact, rel=0.03)
-    rng = np.random.default_rng(1)
-    words = [f"w{i}" for i in range(300)]
-    texts = [" ".join(rng.choice(words, size=50)) for _ in range(300)]  # nearly orthogonal: worst case
-    assert dv.ngram_vendi(texts, exact_up_to=10) == pytest.approx(_exact_ngram_vendi(texts), rel=0.05)
+    assert dv.ngram_vendi(real) == pytest.approx(_exact_ngram_vendi(real), rel=1e-9)
+    # above max_texts: exactly the Vendi of a seeded sample of that size
+    sampled = dv.ngram_vendi(real, max_texts=100, seed=4)
+    pick = np.sort(np.random.default_rng(4).choice(len(real), size=100, replace=False))
+    assert sampled == pytest.approx(_exact_ngram_vendi([real[i] for i in pick]), rel=1e-9)
 
 
 def test_degenerate_inputs():
