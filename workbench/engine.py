@@ -373,9 +373,10 @@ def next_token_logits(engine: LlamaEngine, sequences: list[list[int]], batch_siz
     P = _common_prefix_length(sequences) if len(sequences) > 1 else 0
     prefix = engine.shared_prefix(sequences[0][:P]) if P >= 8 else None
     P = P if prefix else 0
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a batch
     out = []
     for start in range(0, len(sequences), batch_size):
-        batch = sequences[start:start + batch_size]
+        batch = [sequences[i] for i in order[start:start + batch_size]]
         lengths = torch.tensor([len(s) - P for s in batch])
         tokens = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
         for row, seq in enumerate(batch):
@@ -383,7 +384,8 @@ def next_token_logits(engine: LlamaEngine, sequences: list[list[int]], batch_siz
         out.append(engine.logits(engine.prefill(tokens, lengths, prefix=prefix)))
         if on_batch:
             on_batch(len(batch))
-    return torch.cat(out)
+    logits = torch.cat(out)
+    return logits[torch.argsort(torch.tensor(order))]
 
 
 @torch.inference_mode()
