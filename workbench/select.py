@@ -256,3 +256,16 @@ def accept(samples: pd.DataFrame, thresholds: dict[str, float] | None = None, ta
               "per_prompt_cap": per_prompt_cap, "dedup": dedup, "dedup_threshold": dedup_threshold}
     ids = samples["sample_id"].to_numpy() if "sample_id" in samples.columns else samples.index.to_numpy()
     return Selection(mask=mask, rejected_by=reason.astype(str), sample_ids=ids, params=params, counts=counts)
+
+
+def combine(selections: dict[str, Selection]) -> Selection:
+    """One selection over several tables (e.g. one per task), in the given order; params keyed by name."""
+    parts = list(selections.values())
+    counts: dict[str, Any] = {"rejected_by": {}}
+    for part in parts:
+        for rule, count in part.counts.get("rejected_by", {}).items():
+            counts["rejected_by"][rule] = counts["rejected_by"].get(rule, 0) + count
+    return Selection(mask=np.concatenate([p.mask for p in parts]) if parts else np.zeros(0, bool),
+                     rejected_by=np.concatenate([p.rejected_by for p in parts]) if parts else np.zeros(0, str),
+                     sample_ids=np.concatenate([p.sample_ids for p in parts]) if parts else np.zeros(0),
+                     params={name: p.params for name, p in selections.items()}, counts=counts)
