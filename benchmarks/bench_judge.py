@@ -7,21 +7,21 @@ benchmarks/results/judge.json. Target (issue): >= 30 items/s.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("WORKBENCH_PROGRESS", "off")
 
-from workbench.generate import generate  # noqa: E402
+from common import emit, machine_info  # noqa: E402
+from workbench.generation import generate  # noqa: E402
 from workbench.graders import SelfJudge  # noqa: E402
-from workbench.models import cpu_has_bf16, load_model  # noqa: E402
+from workbench.models import load_model  # noqa: E402
 from workbench.tasks import get_task  # noqa: E402
 
 
@@ -62,15 +62,7 @@ def main(n_items: int = 128) -> int:
                          "max_abs_diff_vs_naive": float(np.abs(scores[name] - naive).max())}
     results["selfjudge_int8"]["decision_flips_vs_fp32_at_0.5"] = float(
         ((scores["selfjudge_int8"] >= 0.5) != (scores["selfjudge_fp32"] >= 0.5)).mean())
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    out = {"benchmark": "judge", "machine": {"cpu": cpu, "cores": os.cpu_count(), "bf16_native": cpu_has_bf16(),
-                                             "torch": torch.__version__, "threads": torch.get_num_threads()},
-           "target_items_per_s": 30, "results": results}
-    text = json.dumps(out, indent=2)
-    print(text)
-    path = Path(__file__).resolve().parent / "results" / "judge.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(text + "\n")
+    emit({"benchmark": "judge", "machine": machine_info(), "target_items_per_s": 30, "results": results}, "judge")
     return 0
 
 

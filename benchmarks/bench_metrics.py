@@ -7,9 +7,6 @@ Targets (issue: graders/metrics): report < 10 s at 10,000 texts of ~50 tokens; r
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -19,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import emit, machine_info  # noqa: E402
 from workbench.live import LiveSelection  # noqa: E402
 from workbench.metrics import diversity_report  # noqa: E402
 from workbench.tasks import get_task  # noqa: E402
@@ -32,11 +31,6 @@ def texts_like_samples(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(words) - 60, size=n)
     return [" ".join(words[s:s + int(rng.integers(25, 45))]) for s in starts]
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
 
 
 def main() -> int:
@@ -73,12 +67,7 @@ def main() -> int:
             "cache_build_seconds": round(build, 2), "median_ms": round(1000 * statistics.median(timings), 1),
             "max_ms": round(1000 * max(timings), 1), "target_ms": 1000 * target,
             "meets_target": statistics.median(timings) < target, "last_accept_rate": round(summary["accept_rate"], 3)}
-    out = {"benchmark": "metrics", "machine": machine(), "results": results}
-    text = json.dumps(out, indent=2)
-    print(text)
-    path = Path(__file__).resolve().parent / "results" / "metrics.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(text + "\n")
+    emit({"benchmark": "metrics", "machine": machine_info(), "results": results}, "metrics")
     return 0
 
 

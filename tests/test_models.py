@@ -1,5 +1,4 @@
 """Model specs: the embedded default, folders, GGUF files, hub ids offline, and the bad ones."""
-import shutil
 import zipfile
 
 import pytest

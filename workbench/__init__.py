@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_model": "models", "LoadedModel": "models", "DEFAULT_MODEL": "models",
-    "generate": "generate", "SamplingParams": "generate",
+    "generate": "generation", "SamplingParams": "generation",
     "Run": "store",
     "get_task": "tasks",
     "progress": "progress",

@@ -3,6 +3,7 @@
     workbench models pull [smollm2-135m]          provision the embedded model (the one download step)
     workbench generate --task arithmetic --n 32 --run data/runs/NAME
     workbench runs show NAME                       a summary table of a run
+    workbench report [--smoke]                     execute the notebooks, render HTML under reports/
     workbench demo                                 the main job, end to end on the embedded default
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def cmd_models(args) -> int:
 def cmd_generate(args) -> int:
     import pandas as pd
 
-    from .generate import generate
+    from .generation import generate
     from .store import Run
     from .tasks import get_task
 
@@ -79,6 +80,14 @@ def cmd_runs(args) -> int:
             totals = ledger.groupby("stage")[["items", "completion_tokens", "seconds"]].sum()
             totals["tokens_per_s"] = (totals["completion_tokens"] / totals["seconds"]).round(1)
             print("\nledger totals\n" + totals.to_string())
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    paths = report(run_name=args.run, smoke=args.smoke, out_dir=args.out, notebooks=args.notebooks)
+    print("\n".join(str(p) for p in paths))
     return 0
 
 
@@ -126,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("action", choices=["show"])
     runs.add_argument("name")
     runs.set_defaults(func=cmd_runs)
+
+    rep = sub.add_parser("report", help="execute the notebooks and render self-contained HTML under reports/")
+    rep.add_argument("--run", default="notebooks", help="run name under data/runs/ shared by the notebooks")
+    rep.add_argument("--smoke", action="store_true", help="small sizes (what CI runs)")
+    rep.add_argument("--out", default="reports")
+    rep.add_argument("--notebooks", nargs="*", help="a subset, e.g. 01_generate")
+    rep.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--smoke", action="store_true", help="tiny sizes, for a quick check")

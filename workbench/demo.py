@@ -15,40 +15,26 @@ import numpy as np
 import pandas as pd
 
 from .embeddings import embed
-from .generate import generate
-from .graders import Heuristics, Novelty, Perplexity, Realism, SelfJudge, Verifier, grade
+from .generation import generate
+from .graders import grade
 from .metrics import diversity_report, judge_audit
 from .models import DEFAULT_MODEL, data_dir, load_model
+from .pipeline import POLICIES, default_graders
 from .select import accept, combine
 from .store import Run
 from .tasks import get_task
 
-# task -> (task params, generation params, selection policy)
+# task -> (task params, generation params); graders and policies: workbench.pipeline
 STAGES = {
-    "arithmetic": ({"n": 48, "digits": 2}, {"max_new_tokens": 32, "n_per_prompt": 2},
-                   {"thresholds": {"verifier": 1.0}}),
-    "instructions": ({"n": 48}, {"max_new_tokens": 128},
-                     {"thresholds": {"judge": 0.5, "heuristics": 0.5}, "dedup": "minhash"}),
-    "corpus": ({"n": 24}, {"max_new_tokens": 64},
-               {"thresholds": {"heuristics": 0.3}, "target_rate": 0.5, "rank_by": "perplexity"}),
+    "arithmetic": ({"n": 48, "digits": 2}, {"max_new_tokens": 32, "n_per_prompt": 2}),
+    "instructions": ({"n": 48}, {"max_new_tokens": 128}),
+    "corpus": ({"n": 24}, {"max_new_tokens": 64}),
 }
 SMOKE_PROMPTS = 4
 
 
 def _short(text: str, width: int = 110) -> str:
     return textwrap.shorten(" ".join(str(text).split()), width=width, placeholder=" ...")
-
-
-def graders_for(task: str, model, samples_by_task: dict) -> list:
-    judge, perplexity, heuristics = SelfJudge(model=model), Perplexity(model=model), Heuristics()
-    if task == "arithmetic":
-        return [Verifier(), Verifier(name="verifier_strict", strict=True), judge, perplexity, heuristics]
-    if task == "instructions":
-        seeds = get_task("instructions")["reference"].tolist()
-        return [judge, perplexity, heuristics, Novelty(pool=seeds, name="novelty_vs_seeds")]
-    # realism: real = held-out corpus text; synthetic = the model's instruction answers (no leakage into corpus rows)
-    real = get_task("corpus", n=None, split="heldout")["reference"].tolist()
-    return [perplexity, heuristics, Realism(real, samples_by_task["instructions"]["completion"].tolist())]
 
 
 def main(smoke: bool = False, run_dir=None) -> int:
@@ -61,7 +47,7 @@ def main(smoke: bool = False, run_dir=None) -> int:
     say(f"== model {model.name} ({model.dtype}) loaded in {time.perf_counter() - stage:.1f}s")
 
     samples_by_task = {}
-    for task, (task_params, gen_params, _) in STAGES.items():
+    for task, (task_params, gen_params) in STAGES.items():
         stage = time.perf_counter()
         params = dict(task_params, n=SMOKE_PROMPTS) if smoke else task_params
         samples = generate(get_task(task, **params), model=model, run=run, seed=0, **gen_params)
@@ -71,9 +57,9 @@ def main(smoke: bool = False, run_dir=None) -> int:
             say(f"   prompt:     {_short(row.prompt)}\n   completion: {_short(row.completion)}")
 
     selections, rows = {}, []
-    for task, (_, _, policy) in STAGES.items():
+    for task, policy in POLICIES.items():
         stage = time.perf_counter()
-        graders = graders_for(task, model, samples_by_task)
+        graders = default_graders(task, model, samples_by_task)
         graded = grade(samples_by_task[task], graders, run=run)
         selection = accept(graded, **policy)
         selections[task] = selection

@@ -145,6 +145,21 @@ class LlamaEngine:
         self.quantize = quantize
         d = lambda t: t.detach().to(self.dtype).contiguous()
         w = (lambda t: _Int8Weight(t.detach().float())) if quantize else d
+        # fused matmuls need the q/k/v (and gate/up) weights side by side; where the engine computes in the
+        # model's own dtype, the model's parameters are re-pointed into the fused tensor instead of copied,
+        # so the engine costs no second copy of the weights (~400 MB in fp32 for SmolLM2-135M)
+        share = quantize is None and next(model.parameters()).dtype == self.dtype
+
+        def fused(*linears):
+            weight = torch.cat([linear.weight.detach() for linear in linears])
+            if not share:
+                return w(weight)
+            start = 0
+            for linear in linears:
+                rows = linear.weight.shape[0]
+                linear.weight.data = weight[start:start + rows]
+                start += rows
+            return weight
         base = model.model
         self.embed = d(base.embed_tokens.weight)
         self.lm_head = w(model.lm_head.weight)
@@ -154,10 +169,10 @@ class LlamaEngine:
             a, m = layer.self_attn, layer.mlp
             self.layers.append((
                 d(layer.input_layernorm.weight),
-                w(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
+                fused(a.q_proj, a.k_proj, a.v_proj),
                 w(a.o_proj.weight),
                 d(layer.post_attention_layernorm.weight),
-                w(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
+                fused(m.gate_proj, m.up_proj),
                 w(m.down_proj.weight),
             ))
         self._rope_cache = (0, None, None)

@@ -63,7 +63,7 @@ class SelfJudge(_ModelGrader):
         self.name, self.mode, self.rubric, self.low, self.high = name, mode, rubric, low, high
 
     def prompt_ids(self, prompt: str, completion: str) -> list[int]:
-        from ..generate import encode_prompt
+        from ..generation import encode_prompt
 
         question = YES_NO_QUESTION if self.mode == "yes_no" else SCALE_QUESTION.format(low=self.low, high=self.high)
         text = f"{self.rubric}\n\nTask: {prompt}\n\nAnswer: {completion}\n\n{question}"
@@ -130,7 +130,7 @@ class Perplexity(_ModelGrader):
         import torch
 
         from ..engine import token_logprobs
-        from ..generate import encode_prompt
+        from ..generation import encode_prompt
 
         require_columns(samples, ["prompt", "completion"], self.name)
         tokenizer = self.loaded.tokenizer

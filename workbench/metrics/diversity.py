@@ -149,7 +149,10 @@ def vendi_from_features(features: np.ndarray, q: float = 1.0) -> float:
 
 
 def vendi_score(embeddings: np.ndarray, q: float = 1.0) -> float:
-    """Vendi score over sentence embeddings (cosine kernel); see `vendi_from_features`."""
+    """Vendi score over sentence embeddings (cosine kernel); see `vendi_from_features`.
+
+    Matches the `vendi-score` package (0.0.3) to 1e-6 for q=1; for other orders it matches its
+    `score_K`, not its `score_X`, which passes q=1 whatever q it is given (a bug we do not copy)."""
     return vendi_from_features(np.asarray(embeddings), q=q)
 
 

@@ -1,0 +1,39 @@
+"""What every benchmark reports with its numbers: the machine, and one JSON file under results/."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict:
+    """CPU model, cores, library versions, whether the CPU has native bf16, torch threads."""
+    import numpy
+    import torch
+    import transformers
+
+    from workbench.models import cpu_has_bf16
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__, "bf16_native": cpu_has_bf16(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def emit(result: dict, name: str, path: Path | None = None) -> None:
+    """Print the result as JSON and write it to results/<name>.json (or `path`)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")

@@ -1,0 +1,147 @@
+"""Pure figure builders: DataFrame (or numbers) in, `plotly.graph_objects.Figure` out.
+
+Widgets wrap these in FigureWidgets and update their data in place; notebooks and reports show them
+as they are. Nothing here reads files or holds state.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+ACCEPTED, REJECTED, THRESHOLD = "#2a9d8f", "#e76f51", "#264653"
+
+
+def _go():
+    import plotly.graph_objects as go
+
+    return go
+
+
+def score_histogram(scores, accepted, threshold: float | None = None, name: str = "score", bins: int = 30):
+    """Histogram of one grader's scores, accepted and rejected rows stacked in two colours, threshold drawn."""
+    go = _go()
+    scores = np.asarray(scores, dtype=float)
+    accepted = np.asarray(accepted, dtype=bool)
+    finite = np.isfinite(scores)
+    low, high = (float(scores[finite].min()), float(scores[finite].max())) if finite.any() else (0.0, 1.0)
+    xbins = dict(start=low, end=high + 1e-9, size=max((high - low) / bins, 1e-9))
+    figure = go.Figure([
+        go.Histogram(x=scores[finite & accepted], name="accepted", marker_color=ACCEPTED, xbins=xbins),
+        go.Histogram(x=scores[finite & ~accepted], name="rejected", marker_color=REJECTED, xbins=xbins),
+    ])
+    figure.update_layout(barmode="stack", title=f"{name}: {int((finite & accepted).sum())} accepted of "
+                         f"{int(finite.sum())} scored", xaxis_title=name, yaxis_title="samples",
+                         height=280, margin=dict(l=40, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.3))
+    if threshold is not None and np.isfinite(threshold):
+        figure.add_vline(x=threshold, line_color=THRESHOLD, line_dash="dash")
+    return figure
+
+
+def score_scatter(frame: pd.DataFrame, x: str, y: str, accepted) -> "object":
+    """Two graders against each other, accepted rows in one colour, rejected in the other."""
+    go = _go()
+    accepted = np.asarray(accepted, dtype=bool)
+    figure = go.Figure([
+        go.Scattergl(x=frame.loc[accepted, f"score__{x}"], y=frame.loc[accepted, f"score__{y}"], mode="markers",
+                     name="accepted", marker=dict(color=ACCEPTED, size=5, opacity=0.6)),
+        go.Scattergl(x=frame.loc[~accepted, f"score__{x}"], y=frame.loc[~accepted, f"score__{y}"], mode="markers",
+                     name="rejected", marker=dict(color=REJECTED, size=5, opacity=0.6)),
+    ])
+    figure.update_layout(title=f"{x} vs {y}", xaxis_title=x, yaxis_title=y, height=320,
+                         margin=dict(l=40, r=10, t=40, b=40))
+    return figure
+
+
+def diversity_bars(all_report: dict, accepted_report: dict, keys=("distinct_1", "distinct_2", "distinct_3",
+                                                                   "compression_ratio", "vendi_embedding")):
+    """The accepted set's diversity next to the whole set's, one group of bars per metric."""
+    go = _go()
+    keys = [k for k in keys if k in all_report and np.isfinite(all_report[k])]
+    figure = go.Figure([
+        go.Bar(x=keys, y=[all_report[k] for k in keys], name="all", marker_color="#8d99ae"),
+        go.Bar(x=keys, y=[accepted_report.get(k, np.nan) for k in keys], name="accepted", marker_color=ACCEPTED),
+    ])
+    figure.update_layout(barmode="group", title="diversity: all vs accepted", height=300,
+                         margin=dict(l=40, r=10, t=40, b=40))
+    return figure
+
+
+def reliability_diagram(table: pd.DataFrame, name: str = "judge"):
+    """Mean score vs fraction actually correct per score bin; the diagonal is perfect calibration."""
+    go = _go()
+    filled = table[table["count"] > 0]
+    figure = go.Figure([
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line=dict(dash="dot", color="#8d99ae")),
+        go.Scatter(x=filled["mean_score"], y=filled["positive_rate"], mode="markers+lines", name=name,
+                   marker=dict(size=np.clip(np.sqrt(filled["count"]) * 3, 5, 30), color=THRESHOLD),
+                   text=[f"n={c}" for c in filled["count"]]),
+    ])
+    figure.update_layout(title=f"{name} calibration (ECE {table.attrs.get('ece', float('nan')):.3f})",
+                         xaxis_title="mean score in bin", yaxis_title="fraction correct", height=320,
+                         margin=dict(l=40, r=10, t=40, b=40))
+    return figure
+
+
+def threshold_slider_figure(scores, name: str = "score", steps: int = 21, bins: int = 30):
+    """A static figure with plotly's own slider: one precomputed step per threshold, each showing the
+    accepted/rejected histogram and the accept count, so a reader of a static HTML report can move it."""
+    go = _go()
+    scores = np.asarray(scores, dtype=float)
+    finite = scores[np.isfinite(scores)]
+    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    thresholds = np.linspace(low, high, steps)
+    xbins = dict(start=low, end=high + 1e-9, size=max((high - low) / bins, 1e-9))
+    figure = go.Figure()
+    for index, threshold in enumerate(thresholds):
+        accepted = finite >= threshold
+        visible = index == steps // 2
+        figure.add_trace(go.Histogram(x=finite[accepted], xbins=xbins, marker_color=ACCEPTED, name="accepted",
+                                      visible=visible, showlegend=index == 0))
+        figure.add_trace(go.Histogram(x=finite[~accepted], xbins=xbins, marker_color=REJECTED, name="rejected",
+                                      visible=visible, showlegend=index == 0))
+    slider_steps = []
+    for index, threshold in enumerate(thresholds):
+        count = int((finite >= threshold).sum())
+        visible = [False] * (2 * steps)
+        visible[2 * index] = visible[2 * index + 1] = True
+        slider_steps.append(dict(method="update", label=f"{threshold:.2f}", args=[
+            {"visible": visible},
+            {"title": f"{name} >= {threshold:.2f}: {count} of {len(finite)} accepted ({100 * count / max(len(finite), 1):.0f}%)"}]))
+    middle = thresholds[steps // 2]
+    count = int((finite >= middle).sum())
+    figure.update_layout(barmode="stack", sliders=[dict(active=steps // 2, steps=slider_steps,
+                                                        currentvalue=dict(prefix=f"{name} threshold: "))],
+                         title=f"{name} >= {middle:.2f}: {count} of {len(finite)} accepted "
+                               f"({100 * count / max(len(finite), 1):.0f}%)", height=380,
+                         xaxis_title=name, yaxis_title="samples")
+    return figure
+
+
+def generation_violins(frame: pd.DataFrame, column: str):
+    """Score distributions per generation as violins (for the self-learning loop)."""
+    go = _go()
+    figure = go.Figure([go.Violin(x=[g] * int((frame["generation"] == g).sum()),
+                                  y=frame.loc[frame["generation"] == g, column], name=f"gen {g}",
+                                  box_visible=True, meanline_visible=True)
+                        for g in sorted(frame["generation"].unique())])
+    figure.update_layout(title=f"{column} by generation", height=320, showlegend=False)
+    return figure
+
+
+def completion_lengths(samples: pd.DataFrame):
+    """Completion length (tokens) per task, split by why generation stopped."""
+    import plotly.express as px
+
+    figure = px.histogram(samples, x="n_completion_tokens", color="finish_reason",
+                          facet_col="task" if "task" in samples.columns else None, nbins=30,
+                          title="completion length by task (stop = the model ended its turn)")
+    figure.update_layout(height=300, margin=dict(l=40, r=10, t=60, b=40))
+    return figure
+
+
+def setup_notebook() -> None:
+    """Render figures so they work live in JupyterLab and in a saved, offline HTML report: plotly's
+    mimetype for the lab, plus the 'notebook' renderer, which inlines plotly.js once per notebook."""
+    import plotly.io as pio
+
+    pio.renderers.default = "plotly_mimetype+notebook"
