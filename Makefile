@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab models bench chromium clean-venv
+.PHONY: demo test lab models bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,7 @@ models: $(STAMP)
 demo: models
 	$(PY) -m workbench demo
 
-# the browser test drives Debian's chromium (never a downloaded browser build)
-chromium:
-	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
-
-test: models chromium
+test: models
 	$(PY) -m pytest
 
 lab: $(STAMP)
