@@ -179,10 +179,16 @@ class ThresholdExplorer:
                "n_human_labels": len(self.labels), "message": self.message}
         if self.verifier in self.graders:
             labels = self.samples[SCORE_PREFIX + self.verifier]
-            out["audit"] = {name: {k: v for k, v in judge_audit(self.samples[SCORE_PREFIX + name], labels,
-                                                                  threshold=self.thresholds.get(name, 0.5)).items()
-                                   if k != "reliability"}
-                            for name in self.graders if name != self.verifier}
+            cache = self.__dict__.setdefault("_audit_cache", {})
+            out["audit"] = {}
+            for name in self.graders:
+                if name == self.verifier:
+                    continue
+                key = (name, self.thresholds.get(name, 0.5))
+                if key not in cache:  # recomputed only for the grader whose threshold moved
+                    cache[key] = {k: v for k, v in judge_audit(self.samples[SCORE_PREFIX + name], labels,
+                                                               threshold=key[1]).items() if k != "reliability"}
+                out["audit"][name] = cache[key]
         if self.labels and "sample_id" in self.samples.columns:
             human = self.samples["sample_id"].map({k: 1.0 if v == "good" else 0.0 for k, v in self.labels.items()})
             out["human_agreement"] = {}
@@ -331,16 +337,24 @@ class ThresholdExplorer:
     def _refresh_examples(self) -> None:
         import ipywidgets as w
 
-        rows = []
-        for example in self.examples().itertuples():
-            text = html.escape(str(example.completion))[:400]
+        # the rows' widgets are made once and only updated: creating widgets on every slider move
+        # costs ~40 ms at 6 rows
+        rows = self._ui.setdefault("example_rows", [])
+        examples = self.examples()
+        while len(rows) < len(examples):
+            good = w.Button(description="good", layout=w.Layout(width="60px"))
+            bad = w.Button(description="bad", layout=w.Layout(width="60px"))
+            text = w.HTML(layout=w.Layout(width="800px"))
+            row = w.HBox([good, bad, text])
+            row.sample_id = None
+            good.on_click(lambda _, r=row: self.label(r.sample_id, "good"))
+            bad.on_click(lambda _, r=row: self.label(r.sample_id, "bad"))
+            rows.append(row)
+        for row, example in zip(rows, examples.itertuples()):
+            good, bad, text = row.children
+            row.sample_id = example.sample_id
             status = f"{example.status}" + (f" ({example.rejected_by})" if example.rejected_by else "")
-            good = w.Button(description="good", layout=w.Layout(width="60px"),
-                            button_style="success" if example.human == "good" else "")
-            bad = w.Button(description="bad", layout=w.Layout(width="60px"),
-                           button_style="danger" if example.human == "bad" else "")
-            good.on_click(lambda _, s=example.sample_id: self.label(s, "good"))
-            bad.on_click(lambda _, s=example.sample_id: self.label(s, "bad"))
-            rows.append(w.HBox([good, bad, w.HTML(f"<small><b>{status}</b></small> {text}",
-                                                  layout=w.Layout(width="800px"))]))
-        self._ui["examples"].children = rows
+            text.value = f"<small><b>{status}</b></small> {html.escape(str(example.completion))[:400]}"
+            good.button_style = "success" if example.human == "good" else ""
+            bad.button_style = "danger" if example.human == "bad" else ""
+        self._ui["examples"].children = rows[: len(examples)]
