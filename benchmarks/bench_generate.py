@@ -29,7 +29,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,6 +36,9 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m"
@@ -312,24 +314,6 @@ def run_child(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------ parent
-
-def machine_info() -> dict:
-    import torch
-    import transformers
-
-    from workbench.models import cpu_has_bf16
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "bf16_native": cpu_has_bf16(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
-
 
 def child_command(args, name: str) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--prompts", str(args.prompts),
