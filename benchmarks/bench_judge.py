@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("WORKBENCH_PROGRESS", "off")
 
 from common import emit, machine_info  # noqa: E402
+from workbench.engine import left_padded  # noqa: E402
 from workbench.generation import generate  # noqa: E402
 from workbench.graders import SelfJudge  # noqa: E402
 from workbench.models import load_model  # noqa: E402
@@ -39,11 +40,7 @@ def main(n_items: int = 128) -> int:
     naive = []
     for start in range(0, len(sequences), 32):
         batch = sequences[start:start + 32]
-        width = max(map(len, batch))
-        ids = torch.full((len(batch), width), model.tokenizer.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for row, seq in enumerate(batch):
-            ids[row, width - len(seq):], mask[row, width - len(seq):] = torch.tensor(seq), 1
+        ids, mask = left_padded(batch, model.tokenizer.pad_token_id)
         with torch.inference_mode():
             logits = model.model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
         naive.append(torch.sigmoid(torch.logsumexp(logits[:, yes], -1) - torch.logsumexp(logits[:, no], -1)))

@@ -71,6 +71,26 @@ def _common_prefix_length(sequences: list[list[int]]) -> int:
     return length
 
 
+def right_padded(sequences: list[list[int]], start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [B, T] of each sequence from `start` on, right-padded with 0, and their lengths [B]."""
+    lengths = torch.tensor([len(seq) - start for seq in sequences])
+    tokens = torch.zeros(len(sequences), int(lengths.max()), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq) - start] = torch.tensor(seq[start:])
+    return tokens, lengths
+
+
+def left_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [B, T] left-padded with `pad_id` and the attention mask, for transformers' forward/generate."""
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
 class _Int8Weight:
     """A weight quantized to int8 per output channel, for W8A8 matmuls with per-row activation scales.
 
@@ -245,6 +265,11 @@ class LlamaEngine:
             x = self._mlp(x, n2, gu_w, down_w)
         return x if all_positions else x[torch.arange(B), lengths - 1]
 
+    def common_prefix(self, sequences: list[list[int]], minimum: int = 8) -> tuple[int, tuple[list, list] | None]:
+        """(P, per-layer K/V) of the start all `sequences` share, or (0, None) when shorter than `minimum`."""
+        P = _common_prefix_length(sequences) if len(sequences) > 1 else 0
+        return (P, self.shared_prefix(sequences[0][:P])) if P >= minimum else (0, None)
+
     def shared_prefix(self, prompt_ids: list[int]) -> tuple[list, list]:
         """Per-layer K/V of a prompt start that every request shares, computed once."""
         shape = (1, self.n_kv, len(prompt_ids), self.head_dim)
@@ -311,9 +336,7 @@ class LlamaEngine:
 
         # the prompt start all requests share (the chat template's system turn, typically) is run once;
         # each admitted request copies its K/V and runs only the rest of its prompt
-        P = _common_prefix_length([r.prompt_ids for r in requests])
-        prefix = self.shared_prefix(requests[0].prompt_ids[:P]) if P >= min_shared_prefix else None
-        P = P if prefix else 0
+        P, prefix = self.common_prefix([r.prompt_ids for r in requests], min_shared_prefix)
 
         def admit() -> list[Finished]:
             done = []
@@ -321,10 +344,7 @@ class LlamaEngine:
             while free and queue:
                 batch = [(free.pop(0), queue.pop()) for _ in range(min(prefill_chunk, len(free), len(queue)))]
                 slot_index = torch.tensor([s for s, _ in batch])
-                lengths = torch.tensor([len(r.prompt_ids) - P for _, r in batch])
-                tokens = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
-                for row, (_, r) in enumerate(batch):
-                    tokens[row, : len(r.prompt_ids) - P] = torch.tensor(r.prompt_ids[P:])
+                tokens, lengths = right_padded([r.prompt_ids for _, r in batch], P)
                 if prefix:
                     for i in range(len(self.layers)):
                         cache_k[i][slot_index, :, :P] = prefix[0][i]
@@ -385,17 +405,12 @@ class LlamaEngine:
 def next_token_logits(engine: LlamaEngine, sequences: list[list[int]], batch_size: int = 32,
                       on_batch=None) -> torch.Tensor:
     """Logits [len(sequences), vocab] of the token after each sequence."""
-    P = _common_prefix_length(sequences) if len(sequences) > 1 else 0
-    prefix = engine.shared_prefix(sequences[0][:P]) if P >= 8 else None
-    P = P if prefix else 0
+    P, prefix = engine.common_prefix(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a batch
     out = []
     for start in range(0, len(sequences), batch_size):
         batch = [sequences[i] for i in order[start:start + batch_size]]
-        lengths = torch.tensor([len(s) - P for s in batch])
-        tokens = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
-        for row, seq in enumerate(batch):
-            tokens[row, : len(seq) - P] = torch.tensor(seq[P:])
+        tokens, lengths = right_padded(batch, P)
         out.append(engine.logits(engine.prefill(tokens, lengths, prefix=prefix)))
         if on_batch:
             on_batch(len(batch))
@@ -410,10 +425,7 @@ def token_logprobs(engine: LlamaEngine, sequences: list[list[int]], score_from: 
     out: list[np.ndarray] = []
     for start in range(0, len(sequences), batch_size):
         batch, starts = sequences[start:start + batch_size], score_from[start:start + batch_size]
-        lengths = torch.tensor([len(s) for s in batch])
-        tokens = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
-        for row, seq in enumerate(batch):
-            tokens[row, : len(seq)] = torch.tensor(seq)
+        tokens, lengths = right_padded(batch)
         hidden = engine.prefill(tokens, lengths, all_positions=True)
         for row, (seq, first) in enumerate(zip(batch, starts)):
             first = max(first, 1)

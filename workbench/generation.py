@@ -110,18 +110,14 @@ def _hf_generate(loaded: LoadedModel, requests, stop_ids, params: SamplingParams
     """Fallback for architectures the fast engine does not cover: HF `generate`, left-padded batches."""
     import torch
 
-    from .engine import Finished
+    from .engine import Finished, left_padded
 
     tokenizer, model = loaded.tokenizer, loaded.model
     pad = tokenizer.pad_token_id
     for start in range(0, len(requests), batch_size):
         batch = requests[start:start + batch_size]
-        width = max(len(r.prompt_ids) for r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, r in enumerate(batch):
-            ids[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[row, width - len(r.prompt_ids):] = 1
+        ids, mask = left_padded([r.prompt_ids for r in batch], pad)
+        width = ids.shape[1]
         torch.manual_seed(batch[0].seed % (2 ** 63))
         sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k) \
             if params.temperature > 0 else dict(do_sample=False)

@@ -67,6 +67,7 @@ class ThresholdExplorer:
         self._ui: dict[str, Any] | None = None
         self.accepted = np.ones(len(self.samples), dtype=bool)
         self._reasons, self._current = None, self._all
+        self._audit_cache: dict = {}  # (grader, threshold) -> audit; the AUC does not move with the slider
         self._recompute()
 
     # ------------------------------------------------------------------ state
@@ -179,7 +180,7 @@ class ThresholdExplorer:
                "n_human_labels": len(self.labels), "message": self.message}
         if self.verifier in self.graders:
             labels = self.samples[SCORE_PREFIX + self.verifier]
-            cache = self.__dict__.setdefault("_audit_cache", {})
+            cache = self._audit_cache
             out["audit"] = {}
             for name in self.graders:
                 if name == self.verifier:

@@ -79,7 +79,7 @@ class SelfJudge(_ModelGrader):
     def logits(self, sequences: list[list[int]]):
         import torch
 
-        from ..engine import next_token_logits
+        from ..engine import left_padded, next_token_logits
 
         with progress(len(sequences), f"judge:{self.name}", unit="items") as bar:
             if self.engine is not None:
@@ -88,11 +88,7 @@ class SelfJudge(_ModelGrader):
             tokenizer, model = self.loaded.tokenizer, self.loaded.model
             for start in range(0, len(sequences), self.batch_size):
                 batch = sequences[start:start + self.batch_size]
-                width = max(map(len, batch))
-                ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-                mask = torch.zeros_like(ids)
-                for row, seq in enumerate(batch):
-                    ids[row, width - len(seq):], mask[row, width - len(seq):] = torch.tensor(seq), 1
+                ids, mask = left_padded(batch, tokenizer.pad_token_id)
                 with torch.inference_mode():
                     out.append(model(input_ids=ids, attention_mask=mask).logits[:, -1].float())
                 bar.update(len(batch))
