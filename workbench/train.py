@@ -1,0 +1,408 @@
+"""Fine-tuning on accepted samples (full or LoRA) and the data-mix policies of the self-learning loop.
+
+    result = finetune(examples, model="smollm2-135m", config=TrainConfig(epochs=2), out_dir=run_gen_folder)
+    result.history      # one row per optimizer step: loss, learning rate, tokens, tokens/s
+    result.checkpoint   # <out_dir>/checkpoint, a plain model folder that `load_model` reads
+
+`examples` is a DataFrame with `prompt`, `completion` and `chat` (apply the chat template or continue
+raw text). Only completion tokens are trained, and the end-of-turn token *is* trained where the sample
+stopped by itself: SmolLM2's pad token is its end-of-turn token, so a collator that masks pad would
+teach the model never to stop. Here targets are chosen by position, never by token id.
+
+Why it is fast on a CPU: batches are length-bucketed (rows of similar length, a token budget per
+batch, padding reported), rows are right-padded so causal attention needs no mask, and the LM head
+and its softmax run only at target positions (prompt positions never reach the 49k-way head).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputDataError
+from .models import DEFAULT_MODEL, LoadedModel, cpu_has_bf16, load_model
+from .progress import progress
+
+
+@dataclass
+class TrainConfig:
+    method: str = "full"                 # "full" (every weight) or "lora" (low-rank adapters, merged at save)
+    learning_rate: float | None = None   # None: 3e-5 for full, 3e-4 for LoRA
+    epochs: float = 1.0                  # passes over the examples (fractions allowed)
+    max_steps: int | None = None         # cap on optimizer steps (same compute across data-mix policies)
+    tokens_per_batch: int = 1024         # token budget of one optimizer step (rows x padded length)
+    micro_batch_tokens: int = 512        # forward/backward in pieces of this size (gradient accumulation):
+                                         # bounds activation memory; the step's gradient is the same
+    max_length: int = 256                # longer examples are cut (prompt kept from its end)
+    warmup_steps: int = 2                # linear warm-up, then cosine decay to 10% of the peak
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0               # max gradient norm (0 disables)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    precision: str = "auto"              # "auto": bf16 autocast on CUDA or a CPU with native bf16, else fp32
+    device: str = "auto"                 # "auto": CUDA when present, else CPU
+    seed: int = 0                        # batch order
+    system_prompt: str | None = None     # must match what generation used for chat prompts
+
+    def check(self) -> None:
+        if self.method not in ("full", "lora"):
+            raise InputDataError(f"TrainConfig.method must be 'full' or 'lora', got {self.method!r}.",
+                                 "Use method='full' or method='lora'.")
+        if self.tokens_per_batch < 16 or self.max_length < 8:
+            raise InputDataError("tokens_per_batch and max_length are too small to train.",
+                                 "Use tokens_per_batch >= 16 and max_length >= 8 (defaults 1024 and 256).")
+        if not (self.epochs > 0 or self.max_steps):
+            raise InputDataError(f"epochs must be positive, got {self.epochs}.", "Pass epochs > 0 or max_steps.")
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else (3e-5 if self.method == "full" else 3e-4)
+
+
+@dataclass
+class TrainResult:
+    history: pd.DataFrame                # one row per optimizer step
+    checkpoint: Path | None              # folder written by save_pretrained (None without out_dir)
+    stats: dict = field(default_factory=dict)  # tokens, padding share, seconds, tokens/s, peak RSS
+    model: object = None                 # the trained model (merged when LoRA), in eval mode
+
+
+# ----------------------------------------------------------------------------------- data
+
+def _end_of_turn(tokenizer) -> int:
+    vocab = tokenizer.get_vocab()
+    return vocab["<|im_end|>"] if "<|im_end|>" in vocab else tokenizer.eos_token_id
+
+
+def tokenize_examples(examples: pd.DataFrame, tokenizer, max_length: int = 256,
+                      system_prompt: str | None = None) -> list[tuple[list[int], int]]:
+    """Each example -> (token ids, number of leading prompt tokens). Completions get the end-of-turn
+    token when the example stopped by itself (finish_reason 'stop', or a chat example without one)."""
+    from .generation import encode_prompt
+
+    missing = [c for c in ("prompt", "completion") if c not in examples.columns]
+    if missing:
+        raise InputDataError(f"Training examples lack column(s) {missing} (have {list(examples.columns)}).",
+                             "Pass accepted samples (prompt, completion, chat) or the output of workbench.train.mix.")
+    end = _end_of_turn(tokenizer)
+    out = []
+    for row in examples.to_dict("records"):
+        chat = bool(row.get("chat", True))
+        completion = row["completion"]
+        if not isinstance(completion, str) or not completion.strip():
+            continue  # nothing to learn from an empty completion
+        prompt_ids = encode_prompt(tokenizer, str(row["prompt"]), chat, system_prompt)
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        finish = row.get("finish_reason")
+        if finish == "stop" or (chat and finish not in ("length",)):
+            completion_ids = completion_ids + [end]
+        completion_ids = completion_ids[: max_length - 1]
+        prompt_ids = prompt_ids[-(max_length - len(completion_ids)):]
+        out.append((prompt_ids + completion_ids, len(prompt_ids)))
+    return out
+
+
+def length_buckets(lengths: list[int], tokens_per_batch: int, seed: int = 0) -> list[list[int]]:
+    """Indices grouped into batches of similar length whose padded size fits the token budget;
+    batch order shuffled (seeded) so training does not see lengths in sorted order."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches, current, longest = [], [], 0
+    for index in order:
+        longest_if_added = max(longest, lengths[index])
+        if current and longest_if_added * (len(current) + 1) > tokens_per_batch:
+            batches.append(current)
+            current, longest_if_added = [], lengths[index]
+        current.append(index)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    np.random.default_rng(seed).shuffle(batches)
+    return batches
+
+
+# ----------------------------------------------------------------------------------- model
+
+def _choose_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _autocast_dtype(precision: str, device: str):
+    import torch
+
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or (precision == "auto" and (device.startswith("cuda") or cpu_has_bf16())):
+        return torch.bfloat16
+    return None
+
+
+def _split_head(model):
+    """(backbone returning hidden states, LM head) of a causal LM, unwrapping PEFT; None if unknown."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, "model", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return (backbone, head) if backbone is not None and head is not None else (None, None)
+
+
+def _batch_loss(model, rows: list[tuple[list[int], int]], device: str, pad_id: int):
+    """Mean next-token loss over completion positions of right-padded rows (no attention mask needed:
+    pads come after every real token, and attention is causal)."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    target = torch.zeros((len(rows), width), dtype=torch.bool)  # position t predicts token t+1
+    for r, (ids, n_prompt) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        target[r, n_prompt - 1: len(ids) - 1] = True
+    input_ids, target = input_ids.to(device), target.to(device)
+    labels = input_ids[:, 1:][target[:, :-1]]
+    backbone, head = _split_head(model)
+    if backbone is not None:
+        hidden = backbone(input_ids=input_ids).last_hidden_state
+        logits = head(hidden[target])
+    else:  # unknown layout: full logits (slower, same loss)
+        logits = model(input_ids=input_ids).logits[target]
+    return F.cross_entropy(logits.float(), labels), int(labels.numel())
+
+
+def _micro_batches(rows: list, budget: int) -> list[list]:
+    """Split a batch (rows of similar length) into pieces whose padded size fits `budget` tokens."""
+    pieces, current = [], []
+    for row in sorted(rows, key=lambda r: len(r[0])):
+        if current and len(row[0]) * (len(current) + 1) > budget:
+            pieces.append(current)
+            current = []
+        current.append(row)
+    return pieces + ([current] if current else [])
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
+    progress_share = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_share))))
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux reports KiB
+
+
+def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, config: TrainConfig | None = None,
+             out_dir: str | os.PathLike | None = None, callback: Callable[[dict], None] | None = None,
+             **overrides) -> TrainResult:
+    """Fine-tune a fresh copy of `model` on `examples`; write `<out_dir>/checkpoint` atomically.
+
+    The caller's model is never modified (a LoadedModel is reloaded from its folder). `callback(event)`
+    runs after every optimizer step with step, total_steps, loss, lr, tokens, tokens_per_s (a widget
+    uses it for a live loss plot). Keyword overrides set TrainConfig fields: finetune(df, epochs=2).
+    """
+    import torch
+
+    config = config or TrainConfig()
+    if overrides:
+        config = TrainConfig(**{**asdict(config), **overrides})
+    config.check()
+    if examples is None or len(examples) == 0:
+        raise InputDataError("No training examples: the selection accepted nothing.",
+                             "Lower the thresholds (or use a target rate) so some samples are accepted, "
+                             "or mix in real data (workbench.train.mix with 'accumulate' or keep_real).")
+    device = _choose_device(config.device)
+    spec = model.path if isinstance(model, LoadedModel) and model.info.get("kind") != "embedded" else (
+        model.spec if isinstance(model, LoadedModel) else model)
+    loaded = load_model(spec, dtype="fp32", device=device)  # master weights in fp32; autocast below
+    net, tokenizer = loaded.model, loaded.tokenizer
+    rows = tokenize_examples(examples, tokenizer, config.max_length, config.system_prompt)
+    if not rows:
+        raise InputDataError("Every training example has an empty completion.", "Check the accepted samples.")
+
+    torch.manual_seed(config.seed)
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        net = get_peft_model(net, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                                             target_modules=list(config.lora_targets), task_type="CAUSAL_LM"))
+    net.train()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    fused = {"fused": True} if device == "cpu" or device.startswith("cuda") else {}
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, **fused)
+    autocast = _autocast_dtype(config.precision, device)
+
+    lengths = [len(ids) for ids, _ in rows]
+    per_epoch = len(length_buckets(lengths, config.tokens_per_batch))
+    total = max(1, math.ceil(per_epoch * config.epochs))
+    if config.max_steps:
+        total = min(total, config.max_steps) if config.epochs else config.max_steps
+    history, step, epoch = [], 0, 0
+    started = time.perf_counter()
+    real_tokens = padded_tokens = target_tokens = 0
+    with progress(total, f"fine-tune ({config.method})", unit="steps") as bar:
+        while step < total:
+            for batch in length_buckets(lengths, config.tokens_per_batch, seed=config.seed + epoch):
+                if step >= total:
+                    break
+                batch_rows = [rows[i] for i in batch]
+                for group in optimizer.param_groups:
+                    group["lr"] = _lr_at(step, total, config.lr, config.warmup_steps)
+                n_targets = sum(len(ids) - n_prompt for ids, n_prompt in batch_rows)
+                loss_sum = 0.0
+                for piece in _micro_batches(batch_rows, config.micro_batch_tokens):
+                    with torch.autocast(device_type=device.split(":")[0], dtype=autocast,
+                                        enabled=autocast is not None):
+                        loss, n_piece = _batch_loss(net, piece, device, tokenizer.pad_token_id)
+                    (loss * (n_piece / n_targets)).backward()  # weights make the sum the mean over the step
+                    loss_sum += float(loss.detach()) * n_piece
+                loss = torch.tensor(loss_sum / n_targets)
+                grad_norm = (float(torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip))
+                             if config.grad_clip else float("nan"))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                real = sum(len(r[0]) for r in batch_rows)
+                real_tokens += real
+                padded_tokens += max(len(r[0]) for r in batch_rows) * len(batch_rows)
+                target_tokens += n_targets
+                elapsed = time.perf_counter() - started
+                event = {"step": step + 1, "total_steps": total, "epoch": epoch, "loss": float(loss.detach()),
+                         "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "rows": len(batch_rows),
+                         "tokens": real, "target_tokens": n_targets, "seconds": elapsed,
+                         "tokens_per_s": real_tokens / max(elapsed, 1e-9)}
+                history.append(event)
+                bar.update(1, tokens=real)
+                if callback is not None:
+                    callback(event)
+                step += 1
+            epoch += 1
+
+    seconds = time.perf_counter() - started
+    if config.method == "lora":
+        net = net.merge_and_unload()
+    net.eval()
+    stats = {"method": config.method, "examples": len(rows), "steps": total, "epochs_run": epoch,
+             "real_tokens": real_tokens, "target_tokens": target_tokens,
+             "padding_share": 1 - real_tokens / max(padded_tokens, 1), "seconds": seconds,
+             "real_tokens_per_s": real_tokens / max(seconds, 1e-9), "peak_rss_gb": _peak_rss_gb(),
+             "device": device, "precision": "bf16-autocast" if autocast is not None else "fp32",
+             "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"], "base_model": loaded.name,
+             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}}
+    history_frame = pd.DataFrame(history)
+    checkpoint = save_checkpoint(net, tokenizer, Path(out_dir), history_frame, stats) if out_dir else None
+    return TrainResult(history=history_frame, checkpoint=checkpoint, stats=stats, model=net)
+
+
+def save_checkpoint(net, tokenizer, out_dir: Path, history: pd.DataFrame, stats: dict) -> Path:
+    """Write <out_dir>/checkpoint via a temporary folder and one rename: a kill leaves all or nothing."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # a bar per shard of a ~0.5 GB save is noise in logs
+    final = out_dir / "checkpoint"
+    tmp = out_dir / f".checkpoint.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(tmp)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(tmp)
+    history.to_json(tmp / "train_history.jsonl", orient="records", lines=True)
+    (tmp / "train_stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+# ----------------------------------------------------------------------------------- data mix
+
+MIX_POLICIES = ("replace", "accumulate", "keep_real", "accumulate_subsample")
+
+
+def parse_mix(policy) -> tuple[str, float | None]:
+    """'replace' | 'accumulate' | {'keep_real': 0.1} | {'accumulate_subsample': 512} | 'keep_real(0.1)'."""
+    if isinstance(policy, dict) and len(policy) == 1:
+        (name, value), = policy.items()
+    elif isinstance(policy, str) and "(" in policy and policy.endswith(")"):
+        name, value = policy[:-1].split("(", 1)
+        value = float(value)
+    else:
+        name, value = policy, None
+    if name not in MIX_POLICIES or (name in ("keep_real", "accumulate_subsample")) != (value is not None):
+        raise InputDataError(f"Unknown data-mix policy {policy!r}.",
+                             "Use 'replace', 'accumulate', {'keep_real': 0.1} or {'accumulate_subsample': 512}.")
+    if name == "keep_real" and not 0 <= float(value) < 1:
+        raise InputDataError(f"keep_real fraction must be in [0, 1), got {value}.", "E.g. {'keep_real': 0.1}.")
+    if name == "accumulate_subsample" and float(value) < 1:
+        raise InputDataError(f"accumulate_subsample budget must be >= 1, got {value}.", "E.g. 512.")
+    return name, None if value is None else float(value)
+
+
+def mix(policy, accepted: list[pd.DataFrame], real: pd.DataFrame | None = None, seed: int = 0) -> pd.DataFrame:
+    """The training set of the newest generation.
+
+    accepted: the accepted samples of generations 0..g (oldest first); real: human data (prompt,
+    completion, chat). Policies (Shumailov et al. 2024; Gerstgrasser et al. 2024):
+      replace                   only generation g's accepted samples
+      accumulate                all real data plus every generation's accepted samples
+      keep_real(f)              generation g's accepted samples plus real rows re-sampled this generation
+                                so that a share f of the training set is real
+      accumulate_subsample(B)   B rows drawn (without replacement) from real + all accepted so far
+    A `source` column says where each row came from ('real' or 'gen-XXX').
+    """
+    name, value = parse_mix(policy)
+    columns = ["prompt", "completion", "chat", "finish_reason", "source"]
+
+    def tagged(frame, source):
+        frame = frame.copy()
+        frame["source"] = source
+        if "finish_reason" not in frame.columns:
+            frame["finish_reason"] = None
+        if "chat" not in frame.columns:
+            frame["chat"] = True
+        return frame[columns]
+
+    synthetic = [tagged(frame, f"gen-{g:03d}") for g, frame in enumerate(accepted)]
+    real_rows = tagged(real, "real") if real is not None and len(real) else pd.DataFrame(columns=columns)
+    rng = np.random.default_rng([seed, len(accepted)])  # re-sampled every generation, reproducibly
+    if name == "replace":
+        parts = synthetic[-1:]
+    elif name == "accumulate":
+        parts = [real_rows, *synthetic]
+    elif name == "keep_real":
+        newest = synthetic[-1] if synthetic else pd.DataFrame(columns=columns)
+        want = int(round(value / (1 - value) * len(newest))) if value else 0
+        if want and not len(real_rows):
+            raise InputDataError("keep_real needs real data, and none was given.", "Pass real=... to mix().")
+        take = rng.choice(len(real_rows), size=min(want, len(real_rows)), replace=False) if want else []
+        parts = [newest, real_rows.iloc[sorted(take)]]
+    else:
+        pool = pd.concat([real_rows, *synthetic], ignore_index=True)
+        take = rng.choice(len(pool), size=min(int(value), len(pool)), replace=False)
+        parts = [pool.iloc[sorted(take)]]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def real_examples(prompts: pd.DataFrame) -> pd.DataFrame:
+    """Human data of a task as training examples: each prompt with its `reference` as the completion
+    (corpus: the real continuation, with a leading space; arithmetic: the exact answer)."""
+    if "reference" not in prompts.columns:
+        raise InputDataError("These prompts have no `reference` column, so there is no real data to mix in.",
+                             "Use a task with references (arithmetic, instructions, corpus) or pass real=None.")
+    frame = prompts[prompts["reference"].notna()].copy()
+    chat = frame["chat"].astype(bool) if "chat" in frame.columns else pd.Series(True, index=frame.index)
+    frame["completion"] = [ref if is_chat else " " + str(ref).lstrip() for ref, is_chat in zip(frame["reference"], chat)]
+    frame["finish_reason"] = np.where(chat, "stop", "length")  # a cut passage did not end by itself
+    frame["chat"] = chat
+    return frame[["prompt", "completion", "chat", "finish_reason"]].reset_index(drop=True)
