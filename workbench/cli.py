@@ -91,6 +91,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_loop(args) -> int:
+    from .loop import LoopConfig, run
+
+    config = LoopConfig.from_yaml(args.config)
+    if args.run:
+        config.run = str(_run_path(args.run))
+    frame = run(config)
+    columns = [c for c in ("generation", "heldout_perplexity", "accuracy_strict", "accuracy_lenient",
+                           "diversity_distinct_2", "accept_rate", "train_last_loss", "collapsed") if c in frame]
+    print(frame[columns].round(4).to_string(index=False))
+    print(f"run folder: {config.run}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import main
 
@@ -142,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="reports")
     rep.add_argument("--notebooks", nargs="*", help="a subset, e.g. 01_generate")
     rep.set_defaults(func=cmd_report)
+
+    loop = sub.add_parser("loop", help="run (or resume) the self-learning loop from a YAML config")
+    loop.add_argument("config", help="YAML file with workbench.loop.LoopConfig fields (see configs/)")
+    loop.add_argument("--run", help="override the config's run folder (or a name under data/runs/)")
+    loop.set_defaults(func=cmd_loop)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--smoke", action="store_true", help="tiny sizes, for a quick check")

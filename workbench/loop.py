@@ -140,19 +140,21 @@ def prompts_for(config: LoopConfig, generation: int) -> pd.DataFrame:
     from .tasks import get_task
 
     params = dict(config.task_params)
+    if config.task == "arithmetic":
+        params.setdefault("split", "train")  # held-out problems come from the other side of the split
     if config.fresh_prompts:
         params["seed"] = params.get("seed", config.seed) + generation
     return get_task(config.task, **params)
 
 
 def heldout_problems(config: LoopConfig, n: int) -> pd.DataFrame:
-    """Verifiable problems from a separate seed, minus any prompt any training generation sees."""
+    """Verifiable problems from the task's held-out split (and, to be sure, minus any training prompt)."""
     from .tasks import get_task
 
     seen = set()
     for g in range(config.generations + 1):
         seen.update(prompts_for(config, g)["prompt"])
-    params = {**config.task_params, "n": 3 * n, "seed": HELDOUT_SEED}
+    params = {**config.task_params, "n": n, "seed": HELDOUT_SEED, "split": "heldout"}
     problems = get_task(config.task, **params)
     return problems[~problems["prompt"].isin(seen)].head(n).reset_index(drop=True)
 
@@ -228,7 +230,7 @@ def run(config: LoopConfig | dict | str | Path, say: Callable[[str], None] | Non
     from .metrics import distinct_n, judge_audit
     from .metrics.collapse import collapse_flags
     from .select import accept, thresholds_for
-    from .train import TrainConfig, finetune, mix, real_examples
+    from .train import TrainConfig, finetune, mix, real_examples, save_checkpoint
 
     if isinstance(config, (str, Path)):
         config = LoopConfig.from_yaml(config)
@@ -315,22 +317,34 @@ def run(config: LoopConfig | dict | str | Path, say: Callable[[str], None] | Non
             start = config.model if config.start_from == "base" or generation == 0 else str(
                 loop_run.path / f"gen-{generation:03d}" / "checkpoint")
             stage = time.perf_counter()
-            result = finetune(training_set, model=start, config=TrainConfig(**{"seed": config.seed + generation,
-                                                                               **config.train}),
-                              out_dir=checkpoint.parent)
+            if len(training_set):
+                result = finetune(training_set, model=start, out_dir=checkpoint.parent,
+                                  config=TrainConfig(**{"seed": config.seed + generation, **config.train}))
+                stats = result.stats
+            else:  # nothing to learn from: the next generation is the starting model, unchanged, and says so
+                say(f"   gen {generation}: the training set is empty; generation {generation + 1} keeps the "
+                    f"{'base' if start == config.model else 'previous'} model unchanged")
+                carried = _model_for(config, loop_run, generation if start != config.model else 0)
+                stats = {"examples": 0, "steps": 0, "real_tokens": 0, "seconds": 0.0, "real_tokens_per_s": None,
+                         "first_loss": None, "last_loss": None, "padding_share": None, "device": "cpu",
+                         "precision": None, "skipped": "empty training set (nothing accepted)",
+                         "base_model": carried.name}
+                save_checkpoint(carried.model, carried.tokenizer, checkpoint.parent, pd.DataFrame(), stats)
             loop_run.log("loop:train", generation=generation, seconds=round(time.perf_counter() - stage, 3),
-                         tokens=result.stats["real_tokens"], steps=result.stats["steps"])
+                         tokens=stats["real_tokens"], steps=stats["steps"])
         stats = json.loads((checkpoint / "train_stats.json").read_text())
-        data["train"] = {k: stats[k] for k in ("examples", "steps", "real_tokens", "seconds", "real_tokens_per_s",
-                                               "first_loss", "last_loss", "padding_share", "device", "precision")}
+        data["train"] = {k: stats.get(k) for k in ("examples", "steps", "real_tokens", "seconds", "real_tokens_per_s",
+                                                   "first_loss", "last_loss", "padding_share", "device", "precision",
+                                                   "skipped")}
         tokens = data["completion_tokens"] + stats["real_tokens"]
         seconds = generate_seconds + grade_seconds + stats["seconds"]
         cost = _cost(seconds, tokens, stats["device"], config.price)
         data["cost"] = {"seconds": seconds, "tokens": tokens, "cost": cost,
                         "per_accepted_sample": cost / selection.n_accepted if selection.n_accepted else None}
         _update_metrics(loop_run, generation, data=data)
-        say(f"   fine-tuned on {len(training_set)} examples ({stats['steps']} steps, loss "
-            f"{stats['first_loss']:.3f} -> {stats['last_loss']:.3f}) -> {checkpoint}")
+        if stats["steps"]:
+            say(f"   fine-tuned on {len(training_set)} examples ({stats['steps']} steps, loss "
+                f"{stats['first_loss']:.3f} -> {stats['last_loss']:.3f}) -> {checkpoint}")
     frame = history(loop_run)
     return frame
 

@@ -46,7 +46,9 @@ def collapse_flags(history: list[dict], max_perplexity_rise: float = 0.25, max_d
     or `diversity_metric` of free generations down by more than `max_diversity_drop` (0.25 = -25%)."""
     first, last = history[0], history[-1]
     out = {"generation": len(history) - 1, "flags": [], "max_perplexity_rise": max_perplexity_rise,
-           "max_diversity_drop": max_diversity_drop, "diversity_metric": diversity_metric}
+           "max_diversity_drop": max_diversity_drop, "diversity_metric": diversity_metric, "collapsed": False}
+    if len(history) < 2:
+        return out  # generation 0 is the reference
     base_ppl, ppl = first.get("heldout_perplexity"), last.get("heldout_perplexity")
     if base_ppl and ppl is not None and np.isfinite(base_ppl) and np.isfinite(ppl):
         out["perplexity_rise"] = ppl / base_ppl - 1
