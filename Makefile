@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab models bench clean-venv
+.PHONY: demo test lab models bench chromium clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ models: $(STAMP)
 demo: models
 	$(PY) -m workbench demo
 
-test: models
+# tests/test_browser.py drives Debian's chromium through playwright (never a browser `playwright install` downloads)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null)
+
+test: models chromium
 	$(PY) -m pytest
 
 lab: $(STAMP)

@@ -3,6 +3,9 @@ real embedded model (integration tests; provisioned by `make models`, which `mak
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -47,3 +50,25 @@ def real(real_model_dir):
     from workbench.models import load_model
 
     return load_model("smollm2-135m", dtype="fp32")
+
+
+class SmokeReport(NamedTuple):
+    out: Path          # the report folder: <name>.html, executed/<name>.ipynb
+    paths: list[Path]  # the HTML files, in workbench.report.NOTEBOOKS order
+    run_name: str      # the run folder under data_dir()/runs the notebooks wrote
+
+
+@pytest.fixture(scope="session")
+def smoke_report(tmp_path_factory, real_model_dir):
+    """The notebook series executed once per session at smoke size on the real model and rendered to HTML
+    (`workbench report --smoke`); shared by test_notebooks.py and test_browser.py. The run folder is removed
+    at the end of the session."""
+    from workbench.models import data_dir
+    from workbench.report import report
+
+    out = tmp_path_factory.mktemp("reports")
+    run_name = f"test-notebooks-{os.getpid()}-{out.name}"  # unique among concurrent pytest sessions
+    try:
+        yield SmokeReport(out, report(run_name=run_name, smoke=True, out_dir=out), run_name)
+    finally:
+        shutil.rmtree(data_dir() / "runs" / run_name, ignore_errors=True)

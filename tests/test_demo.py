@@ -9,8 +9,14 @@ def test_demo_smoke(tmp_path, capsys, real_model_dir):
     assert main(smoke=True, run_dir=tmp_path / "demo") == 0
     out = capsys.readouterr().out
     for needle in ("== generate arithmetic", "== judge audit", "ROC AUC", "diversity: all samples vs accepted",
-                   "== run summary"):
+                   "== run summary", "== self-learning loop", "== gen 1:", "== report"):
         assert needle in out
+    # the loop fine-tuned once and evaluated both models; the report rendered notebooks 01 and 04 from this run
+    assert (tmp_path / "demo" / "loop" / "verifier" / "gen-001" / "checkpoint" / "config.json").exists()
+    htmls = sorted(p.name for p in (tmp_path / "demo" / "report").glob("*.html"))
+    assert htmls == ["01_generate.html", "04_self_learning_loop.html"]
+    executed = (tmp_path / "demo" / "report" / "executed" / "01_generate.ipynb").read_text()
+    assert '"output_type": "error"' not in executed
     run = Run(tmp_path / "demo")
     samples = run.read("samples")
     assert len(samples) == 16 and samples["sample_id"].is_unique
@@ -21,6 +27,6 @@ def test_demo_smoke(tmp_path, capsys, real_model_dir):
     # a second run reuses everything: no new parts, no new ledger entries for generation or grading
     parts_before = sorted(p.name for p in run.path.rglob("part-*.parquet"))
     ledger_before = len(run.ledger())
-    assert main(smoke=True, run_dir=tmp_path / "demo") == 0
+    assert main(smoke=True, run_dir=tmp_path / "demo", write_report=False) == 0
     assert sorted(p.name for p in run.path.rglob("part-*.parquet")) == parts_before
     assert len(run.ledger()) == ledger_before

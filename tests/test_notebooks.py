@@ -4,20 +4,13 @@ import re
 
 import pytest
 
-from workbench.report import NOTEBOOKS, report
+from workbench.report import NOTEBOOKS
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory, real_model_dir):
-    out = tmp_path_factory.mktemp("reports")
-    run_name = f"test-notebooks-{out.name}"
-    paths = report(run_name=run_name, smoke=True, out_dir=out)
-    yield out, paths
-    import shutil
-
-    from workbench.models import data_dir
-
-    shutil.rmtree(data_dir() / "runs" / run_name, ignore_errors=True)
+def rendered(smoke_report):
+    """The session's smoke report (tests/conftest.py), also opened in a browser by test_browser.py."""
+    return smoke_report.out, smoke_report.paths
 
 
 def test_notebooks_execute_without_errors(rendered):

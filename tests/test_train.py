@@ -160,3 +160,36 @@ def test_real_model_learns_answers_and_to_stop(real, tmp_path):
     after = generate(problems, model=load_model(str(result.checkpoint), dtype="fp32"), temperature=0, max_new_tokens=12)
     assert Verifier(strict=True).score(after).mean() == 1.0 > Verifier(strict=True).score(before).mean()
     assert (after["finish_reason"] == "stop").all()
+
+
+def test_training_panel_on_the_explorer_selection(tiny, tiny_model_dir, tmp_path):
+    """The panel's button trains on exactly the explorer's accepted rows, the live loss plot gets one
+    point per step, the progress bar reaches the end, and before/after tables are filled."""
+    from workbench.generation import generate
+    from workbench.graders import Heuristics, Verifier, grade
+    from workbench.tasks import get_task
+    from workbench.training_panel import TrainingPanel
+    from workbench.widgets import ThresholdExplorer
+
+    samples = generate(get_task("arithmetic", n=6), model=tiny, n_per_prompt=2, max_new_tokens=8)
+    graded = grade(samples, [Verifier(), Heuristics()])
+    explorer = ThresholdExplorer(graded)
+    threshold = float(np.median(graded["score__heuristics"]))
+    explorer.set_thresholds(heuristics=threshold)
+    expected = int((graded["score__heuristics"] >= threshold).sum())
+    panel = TrainingPanel(explorer, model=str(tiny_model_dir), out_dir=tmp_path, train={"epochs": 3},
+                          eval={"heldout_problems": 4, "heldout_texts": 3, "diversity_prompts": 3, "diversity_tokens": 8})
+    assert len(panel.selected()) == expected > 0
+    panel.widget  # build the UI, then press the button as a user would
+    panel._ui["button"].click()
+    assert "Fine-tuned on" in panel.message, panel.message
+    steps = panel.result.stats["steps"]
+    assert panel._ui["bar"].value == panel._ui["bar"].max == steps
+    assert list(panel._ui["loss"].data[0].y) == pytest.approx(panel.result.history["loss"].tolist())
+    assert {"heldout_perplexity", "accuracy_strict", "diversity_distinct_2"} <= set(panel.comparison["metric"])
+    assert len(panel.examples) == min(5, graded.loc[explorer.accepted, "prompt"].nunique())
+    assert {"before", "after"} <= set(panel.examples.columns)
+    empty = TrainingPanel(samples=graded.iloc[:0], model=str(tiny_model_dir), out_dir=tmp_path / "empty")
+    empty.widget
+    empty._ui["button"].click()  # nothing selected: the panel says why and how to fix it, never raises
+    assert "nothing to fine-tune" in empty.message and not empty._ui["button"].disabled

@@ -1,43 +1,55 @@
 """The main job: provision the embedded model and run the workbench's story on it, stage by stage.
 
 generate (arithmetic, instructions, corpus) -> grade (verifier, self-judge, perplexity, heuristics,
-novelty, realism) -> select (per-task policies) -> diversity of all vs accepted -> judge audit.
-Fine-tuning and the report join as their issues land. Rerunning resumes: finished samples and
-scores are kept, only what is missing is computed.
+novelty, realism) -> select (per-task policies) -> diversity of all vs accepted -> judge audit ->
+the self-learning loop on arithmetic (2 generations: generate, verify, fine-tune, evaluate) -> the
+report (notebooks 01-04 rendered to self-contained HTML under reports/demo/). Rerunning resumes:
+finished samples, scores, checkpoints and evaluations are kept, only what is missing is computed.
 """
 from __future__ import annotations
 
 import json
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import loop
 from .embeddings import embed
+from .experiments import self_improvement_configs
 from .generation import generate
 from .graders import grade
 from .metrics import diversity_report, judge_audit
 from .models import DEFAULT_MODEL, data_dir, load_model
-from .pipeline import POLICIES, default_graders
+from .pipeline import POLICIES, default_graders, generation_plan
+from .report import report
 from .select import accept, combine
 from .store import Run
-from .tasks import get_task
 
-# task -> (task params, generation params); graders and policies: workbench.pipeline
-STAGES = {
-    "arithmetic": ({"n": 48, "digits": 2}, {"max_new_tokens": 32, "n_per_prompt": 2}),
-    "instructions": ({"n": 48}, {"max_new_tokens": 128}),
-    "corpus": ({"n": 24}, {"max_new_tokens": 64}),
+# the story's sizes, per notebook: the demo runs these stages itself (printing as it goes) and then
+# renders the same notebooks with the same parameters into reports/, where they find the work done
+DEMO = {
+    "01_generate": {"n_arithmetic": 48, "n_instructions": 48, "n_corpus": 24, "max_new_tokens": 96},
+    "02_grade_and_diversity": {},
+    "03_thresholds": {"task": "instructions", "train_on_selection": False},
+    "04_self_learning_loop": {"arm": "verifier", "generations": 2, "n_prompts": 48, "k": 4, "heldout_problems": 60,
+                              "epochs": 2, "verified_by": "verifier"},
 }
-SMOKE_PROMPTS = 4
+# smoke (tests): the same stages at tiny sizes; its report renders 01 and 04 only (the test suite
+# renders every notebook elsewhere), which keeps the suite inside its time budget
+SMOKE = {
+    "01_generate": {"n_arithmetic": 4, "n_instructions": 4, "n_corpus": 4, "max_new_tokens": 24},
+    "04_self_learning_loop": {"arm": "verifier", "smoke": True},
+}
 
 
 def _short(text: str, width: int = 110) -> str:
     return textwrap.shorten(" ".join(str(text).split()), width=width, placeholder=" ...")
 
 
-def main(smoke: bool = False, run_dir=None) -> int:
+def main(smoke: bool = False, run_dir=None, write_report: bool = True, report_dir=None) -> int:
     started = time.perf_counter()
     run = Run(run_dir or data_dir() / "runs" / ("demo-smoke" if smoke else "demo"))
     say = lambda text: print(text, flush=True)  # noqa: E731
@@ -46,11 +58,11 @@ def main(smoke: bool = False, run_dir=None) -> int:
     model = load_model(DEFAULT_MODEL)
     say(f"== model {model.name} ({model.dtype}) loaded in {time.perf_counter() - stage:.1f}s")
 
+    sizes = SMOKE if smoke else DEMO
     samples_by_task = {}
-    for task, (task_params, gen_params) in STAGES.items():
+    for task, kwargs in generation_plan(**sizes["01_generate"]).items():
         stage = time.perf_counter()
-        params = dict(task_params, n=SMOKE_PROMPTS) if smoke else task_params
-        samples = generate(get_task(task, **params), model=model, run=run, seed=0, **gen_params)
+        samples = generate(model=model, run=run, **kwargs)
         samples_by_task[task] = samples
         say(f"== generate {task}: {len(samples)} samples in {time.perf_counter() - stage:.1f}s")
         for row in samples.head(2).itertuples():
@@ -89,5 +101,22 @@ def main(smoke: bool = False, run_dir=None) -> int:
     say(pd.DataFrame(rows).round(3).to_string(index=False))
     say("\n== run summary")
     say(run.summary().to_string(index=False))
+
+    stage = time.perf_counter()
+    loop_sizes = {k: v for k, v in sizes["04_self_learning_loop"].items() if k != "arm"}
+    config = self_improvement_configs(run.path / "loop", **loop_sizes)[sizes["04_self_learning_loop"]["arm"]]
+    say(f"\n== self-learning loop: {config.generations} generations of generate -> verify -> fine-tune on the "
+        f"verified answers -> evaluate ({config.run})")
+    history = loop.run(config, say=say)
+    say(history[["generation", "accuracy_strict", "accuracy_lenient", "heldout_perplexity", "diversity_distinct_2",
+                 "accept_rate", "train_last_loss"]].round(3).to_string(index=False))
+    say(f"   loop done in {time.perf_counter() - stage:.0f}s")
+
+    if write_report:
+        stage = time.perf_counter()
+        out_dir = Path(report_dir or (run.path / "report" if run_dir else Path("reports") / run.name))
+        say(f"\n== report: executing notebooks {', '.join(sizes)} on this run (they reuse its results)")
+        paths = report(run_name=str(run.path), out_dir=out_dir, notebooks=list(sizes), parameters=sizes)
+        say(f"   written in {time.perf_counter() - stage:.0f}s: open {paths[0].parent}/ (e.g. {paths[-1]})")
     say(f"\n== done in {time.perf_counter() - started:.0f}s; inspect with `workbench runs show {run.path}`")
     return 0

@@ -395,3 +395,13 @@ def history(run: Run | str | Path) -> pd.DataFrame:
         row["collapse_flags"] = "; ".join(collapse.get("flags", []))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def scores_by_generation(run: Run | str | Path) -> pd.DataFrame:
+    """Every generation's samples with their score__<grader> columns and a `generation` column
+    (for score distributions per generation)."""
+    from .widgets import graded_table
+
+    run = run if isinstance(run, Run) else Run(run)
+    frames = [graded_table(run, g).assign(generation=g) for g in run.generations() if run.parts("samples", g)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["generation"])

@@ -33,3 +33,17 @@ def default_graders(task: str, model, samples_by_task: dict[str, pd.DataFrame] |
         real = get_task("corpus", n=None, split="heldout")["reference"].tolist()
         graders.append(Realism(real, synthetic["completion"].tolist()))
     return graders
+
+
+def generation_plan(n_arithmetic: int = 48, n_instructions: int = 48, n_corpus: int = 24, max_new_tokens: int = 96,
+                    seed: int = 0, temperature: float = 0.8) -> dict[str, dict]:
+    """task -> keyword arguments of workbench.generate, shared by notebook 01 and the demo (so the demo's
+    run folder is exactly what notebook 01 would write, and its report resumes instead of regenerating)."""
+    common = {"seed": seed, "temperature": temperature}
+    return {
+        "arithmetic": dict(prompts=get_task("arithmetic", n=n_arithmetic), n_per_prompt=2,
+                           max_new_tokens=min(32, max_new_tokens), **common),
+        "instructions": dict(prompts=get_task("instructions", n=n_instructions), n_per_prompt=1,
+                             max_new_tokens=max_new_tokens, **common),
+        "corpus": dict(prompts=get_task("corpus", n=n_corpus), n_per_prompt=1, max_new_tokens=max_new_tokens, **common),
+    }

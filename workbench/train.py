@@ -39,8 +39,9 @@ class TrainConfig:
     epochs: float = 1.0                  # passes over the examples (fractions allowed)
     max_steps: int | None = None         # cap on optimizer steps (same compute across data-mix policies)
     tokens_per_batch: int = 1024         # token budget of one optimizer step (rows x padded length)
-    micro_batch_tokens: int = 512        # forward/backward in pieces of this size (gradient accumulation):
-                                         # bounds activation memory; the step's gradient is the same
+    micro_batch_tokens: int = 256        # forward/backward in pieces of this size (gradient accumulation):
+                                         # bounds activation memory (256: 3.5 GB peak, 1024: 4.4 GB but
+                                         # ~20% faster, measured); the step's gradient is the same
     max_length: int = 256                # longer examples are cut (prompt kept from its end)
     warmup_steps: int = 2                # linear warm-up, then cosine decay to 10% of the peak
     weight_decay: float = 0.0

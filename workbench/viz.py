@@ -17,6 +17,13 @@ def _go():
     return go
 
 
+def _xbins(low: float, high: float, bins: int) -> dict:
+    """Histogram bins from low to high. The end lies half a bin past the maximum: plotly leaves a value
+    sitting exactly on `end` out of the bars (the browser test caught the top score missing)."""
+    size = max((high - low) / bins, 1e-9)
+    return dict(start=low, end=high + size / 2, size=size)
+
+
 def score_histogram(scores, accepted, threshold: float | None = None, name: str = "score", bins: int = 30):
     """Histogram of one grader's scores, accepted and rejected rows stacked in two colours, threshold drawn."""
     go = _go()
@@ -24,7 +31,7 @@ def score_histogram(scores, accepted, threshold: float | None = None, name: str 
     accepted = np.asarray(accepted, dtype=bool)
     finite = np.isfinite(scores)
     low, high = (float(scores[finite].min()), float(scores[finite].max())) if finite.any() else (0.0, 1.0)
-    xbins = dict(start=low, end=high + 1e-9, size=max((high - low) / bins, 1e-9))
+    xbins = _xbins(low, high, bins)
     figure = go.Figure([
         go.Histogram(x=scores[finite & accepted], name="accepted", marker_color=ACCEPTED, xbins=xbins),
         go.Histogram(x=scores[finite & ~accepted], name="rejected", marker_color=REJECTED, xbins=xbins),
@@ -90,7 +97,7 @@ def threshold_slider_figure(scores, name: str = "score", steps: int = 21, bins: 
     finite = scores[np.isfinite(scores)]
     low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     thresholds = np.linspace(low, high, steps)
-    xbins = dict(start=low, end=high + 1e-9, size=max((high - low) / bins, 1e-9))
+    xbins = _xbins(low, high, bins)
     figure = go.Figure()
     for index, threshold in enumerate(thresholds):
         accepted = finite >= threshold
@@ -145,3 +152,40 @@ def setup_notebook() -> None:
     import plotly.io as pio
 
     pio.renderers.default = "plotly_mimetype+notebook"
+
+
+LOOP_METRICS = {"accuracy_strict": "accuracy (strict)", "accuracy_lenient": "accuracy (lenient)",
+                "heldout_perplexity": "held-out perplexity (real text)", "diversity_distinct_2": "distinct-2 (free generations)",
+                "accept_rate": "accept rate", "diversity_self_bleu": "self-BLEU (free generations)"}
+
+
+def loop_curves(history: pd.DataFrame, metrics: dict | None = None, by: str | None = None):
+    """One panel per metric against generation (one line per `by` group, e.g. arm or policy);
+    collapse-flagged generations are marked with a red x."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    metrics = {k: v for k, v in (metrics or LOOP_METRICS).items() if k in history.columns and history[k].notna().any()}
+    columns = min(3, max(1, len(metrics)))
+    rows = -(-len(metrics) // columns)
+    figure = make_subplots(rows=rows, cols=columns, subplot_titles=list(metrics.values()))
+    groups = list(history.groupby(by)) if by else [("", history)]
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    for index, (column, _) in enumerate(metrics.items()):
+        row, col = index // columns + 1, index % columns + 1
+        for number, (name, frame) in enumerate(groups):
+            frame = frame.sort_values("generation")
+            figure.add_trace(go.Scatter(x=frame["generation"], y=frame[column], mode="lines+markers",
+                                        name=str(name) or column, legendgroup=str(name),
+                                        showlegend=bool(by) and index == 0,
+                                        line=dict(color=palette[number % len(palette)])), row=row, col=col)
+            flagged = frame[frame.get("collapsed", pd.Series(False, index=frame.index)).fillna(False).astype(bool)]
+            if len(flagged):
+                figure.add_trace(go.Scatter(x=flagged["generation"], y=flagged[column], mode="markers",
+                                            marker=dict(symbol="x", size=11, color="red"), showlegend=False,
+                                            hovertext=flagged.get("collapse_flags"), name="collapse flag"),
+                                 row=row, col=col)
+        figure.update_xaxes(title_text="generation", dtick=1, row=row, col=col)
+    figure.update_layout(height=300 * rows, margin=dict(l=50, r=10, t=60, b=40),
+                         title="self-learning loop, per generation" + (f" (by {by})" if by else ""))
+    return figure

@@ -262,9 +262,11 @@ class ThresholdExplorer:
         policy.observe(lambda change: self.set_policy(policy=change["new"]), names="value")
         rate = w.FloatSlider(value=self.target_rate, min=0.0, max=1.0, step=0.01, description="target rate")
         rate.observe(lambda change: self.set_policy(target_rate=change["new"]), names="value")
-        dedup = w.Dropdown(options=[("none", None), ("exact", "exact"), ("MinHash", "minhash")], value=self.dedup,
-                           description="dedup")
-        dedup.observe(lambda change: self.set_policy(dedup=change["new"]), names="value")
+        # "none" as a string: a None value means "nothing selected" to ipywidgets and shows a blank box
+        dedup = w.Dropdown(options=[("none", "none"), ("exact", "exact"), ("MinHash", "minhash")],
+                           value=self.dedup or "none", description="dedup")
+        dedup.observe(lambda change: self.set_policy(dedup=None if change["new"] == "none" else change["new"]),
+                      names="value")
         ui["count"] = w.HTML()
         ui["message"] = w.HTML()
         ui["diversity"] = w.HTML()

@@ -1,0 +1,166 @@
+"""The training panel: fine-tune on the threshold explorer's current selection, watch the loss live,
+then compare the model before and after.
+
+    panel = TrainingPanel(explorer, run=run)      # or TrainingPanel(samples=accepted_rows, ...)
+    panel.widget                                  # button, progress bar, live loss plot, before/after tables
+    panel.train()                                 # what the button does; returns the TrainResult
+
+Before/after: held-out perplexity on real text, task accuracy on held-out problems (arithmetic, strict
+and lenient), diversity of free generations, and a few example completions side by side, all from
+`workbench.loop.evaluate`, so the panel and the loop measure the same way.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import InputDataError
+from .models import DEFAULT_MODEL
+
+
+class TrainingPanel:
+    """Parameters are stored as given; results land in `result`, `comparison` and `examples`."""
+
+    def __init__(self, explorer=None, samples: pd.DataFrame | None = None, model=DEFAULT_MODEL, run=None,
+                 generation: int = 0, train: dict | None = None, eval: dict | None = None, n_examples: int = 5,
+                 task_params: dict | None = None, out_dir: str | Path | None = None):
+        if explorer is None and samples is None:
+            raise InputDataError("TrainingPanel needs a ThresholdExplorer or accepted samples.",
+                                 "Pass TrainingPanel(explorer) or TrainingPanel(samples=accepted_rows).")
+        self.explorer, self.samples, self.model, self.run = explorer, samples, model, run
+        self.generation, self.train_options, self.n_examples = generation, dict(train or {}), n_examples
+        self.eval_options = {"heldout_problems": 24, "heldout_texts": 8, "diversity_prompts": 8,
+                             "diversity_tokens": 32, **(eval or {})}
+        self.task_params = dict(task_params or {})
+        self.out_dir = out_dir
+        self.result = None
+        self.comparison: pd.DataFrame | None = None
+        self.examples: pd.DataFrame | None = None
+        self.message = ""
+        self._ui = None
+
+    # ------------------------------------------------------------------ logic
+    def selected(self) -> pd.DataFrame:
+        """The rows to train on: the explorer's accepted rows (human labels included) or the given samples."""
+        if self.explorer is not None:
+            return self.explorer.samples[self.explorer.accepted].reset_index(drop=True)
+        return self.samples.reset_index(drop=True)
+
+    def _folder(self) -> Path:
+        if self.out_dir is not None:
+            return Path(self.out_dir)
+        if self.run is not None:
+            return self.run.path / "panel" / f"gen-{self.generation + 1:03d}"
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="workbench-panel-"))
+
+    def train(self):
+        """Fine-tune on the current selection, then evaluate before and after. Never raises in the widget."""
+        from .loop import LoopConfig, evaluate
+        from .models import load_model
+        from .store import Run
+        from .train import finetune
+
+        rows = self.selected()
+        if len(rows) == 0:
+            raise InputDataError("The selection is empty: there is nothing to fine-tune on.",
+                                 "Lower a threshold in the explorer so some samples are accepted.")
+        folder = self._folder()
+        task = str(rows["task"].iloc[0]) if "task" in rows.columns else "instructions"
+        task = task if task in ("arithmetic", "instructions", "corpus") else "instructions"
+        config = LoopConfig(run=str(folder), model=self.model if isinstance(self.model, str) else self.model.path,
+                            task=task, task_params=self.task_params, generations=0, eval=self.eval_options)
+        before_model = self.model if not isinstance(self.model, str) else load_model(self.model, dtype="fp32")
+        self._status(f"Evaluating the model before training ({len(rows)} accepted samples selected)...")
+        before = evaluate(before_model, config, Run(folder / "before"), 0)
+        self._status(f"Fine-tuning on {len(rows)} samples...")
+        self.result = finetune(rows, model=before_model, out_dir=folder, callback=self._on_step,
+                               **self.train_options)
+        after_model = load_model(str(self.result.checkpoint), dtype="fp32")
+        self._status("Evaluating the model after training...")
+        after = evaluate(after_model, config, Run(folder / "after"), 0)
+        keys = [k for k in before if k in after and isinstance(before[k], float) and k != "eval_seconds"]
+        self.comparison = pd.DataFrame({"metric": keys, "before": [before[k] for k in keys],
+                                        "after": [after[k] for k in keys]})
+        self.comparison["change"] = self.comparison["after"] - self.comparison["before"]
+        prompts = rows.drop_duplicates("prompt").head(self.n_examples)
+        self.examples = self._side_by_side(prompts, before_model, after_model)
+        self.message = (f"Fine-tuned on {len(rows)} samples in {self.result.stats['steps']} steps; loss "
+                        f"{self.result.stats['first_loss']:.3f} -> {self.result.stats['last_loss']:.3f}; "
+                        f"checkpoint {self.result.checkpoint}")
+        self._status(self.message)
+        self._show_tables()
+        return self.result
+
+    @staticmethod
+    def _side_by_side(prompts: pd.DataFrame, before_model, after_model) -> pd.DataFrame:
+        from .generation import generate
+
+        columns = [c for c in ("prompt_id", "prompt", "chat", "task", "reference") if c in prompts.columns]
+        table = prompts[columns].reset_index(drop=True)
+        for label, loaded in (("before", before_model), ("after", after_model)):
+            out = generate(table, model=loaded, temperature=0.0, max_new_tokens=48)
+            table[label] = out["completion"].to_numpy()
+        return table[["prompt", "before", "after"] + (["reference"] if "reference" in table.columns else [])]
+
+    # ------------------------------------------------------------------ widget
+    @property
+    def widget(self):
+        if self._ui is None:
+            self._build()
+        return self._ui["box"]
+
+    def _build(self) -> None:
+        import ipywidgets as w
+        import plotly.graph_objects as go
+
+        button = w.Button(description="fine-tune on the current selection", button_style="primary",
+                          icon="play", layout=w.Layout(width="280px"))
+        bar = w.IntProgress(value=0, min=0, max=1, description="steps", layout=w.Layout(width="420px"))
+        loss = go.FigureWidget(go.Figure(go.Scatter(x=[], y=[], mode="lines+markers", name="loss")))
+        loss.update_layout(title="training loss (live)", xaxis_title="step", yaxis_title="loss", height=280,
+                           margin=dict(l=50, r=10, t=40, b=40))
+        status = w.HTML("")
+        tables = w.Output()
+        self._ui = {"button": button, "bar": bar, "loss": loss, "status": status, "tables": tables,
+                    "box": w.VBox([button, bar, status, loss, tables])}
+        button.on_click(lambda _: self._clicked())
+
+    def _clicked(self) -> None:
+        try:
+            self._ui["button"].disabled = True
+            self.train()
+        except Exception as exc:  # a callback must never raise into the kernel: show what went wrong
+            self._status(f"<b>Training did not run:</b> {html.escape(str(exc))}")
+        finally:
+            self._ui["button"].disabled = False
+
+    def _status(self, text: str) -> None:
+        self.message = text
+        if self._ui is not None:
+            self._ui["status"].value = f"<span class='wb-train-status'>{text}</span>"
+
+    def _on_step(self, event: dict) -> None:
+        if self._ui is None:
+            return
+        bar, loss = self._ui["bar"], self._ui["loss"]
+        bar.max, bar.value = event["total_steps"], event["step"]
+        with loss.batch_update():
+            trace = loss.data[0]
+            trace.x = tuple(trace.x or ()) + (event["step"],)
+            trace.y = tuple(trace.y or ()) + (event["loss"],)
+
+    def _show_tables(self) -> None:
+        if self._ui is None:
+            return
+        from IPython.display import display
+
+        out = self._ui["tables"]
+        out.clear_output()
+        with out:
+            display(self.comparison.round(4))
+            with pd.option_context("display.max_colwidth", 120):
+                display(self.examples)
