@@ -146,7 +146,8 @@ def test_kill_minus_9_at_two_stages_then_resume(tiny_model_dir, tmp_path):
 @pytest.mark.real_model
 def test_real_model_loop_two_generations(real_model_dir, tmp_path):
     """The embedded model through two fine-tuning rounds on verified arithmetic (smoke size)."""
-    values = dict(run=str(tmp_path / "run"), task="arithmetic", task_params={"n": 8}, generations=1,
+    values = dict(run=str(tmp_path / "run"), task="arithmetic", task_params={"n": 8, "digits": 1, "operators": "+-*/"},
+                  generations=1,
                   generate={"n_per_prompt": 4, "max_new_tokens": 16}, graders=["verifier", "judge"],
                   select={"thresholds": {"verifier": 1.0}}, mix="replace", train={"epochs": 2},
                   eval={"heldout_problems": 16, "heldout_texts": 6, "diversity_prompts": 4, "diversity_tokens": 16})
@@ -155,6 +156,6 @@ def test_real_model_loop_two_generations(real_model_dir, tmp_path):
     assert frame["heldout_perplexity"].between(1, 1000).all()
     metrics = json.loads((tmp_path / "run" / "gen-000" / "metrics.json").read_text())
     accepted = metrics["data"]["accepted"]
-    assert accepted > 0  # ~15% of the base model's answers are right, 32 samples: this seed gives some
+    assert accepted > 0  # ~18% of its sampled one-digit answers are right: 32 samples hold some
     assert (tmp_path / "run" / "gen-001" / "checkpoint" / "model.safetensors").exists()
     assert metrics["data"]["train"]["examples"] == accepted

@@ -24,7 +24,7 @@ from .graders import grade
 from .metrics import diversity_report, judge_audit
 from .models import DEFAULT_MODEL, data_dir, load_model
 from .pipeline import POLICIES, default_graders, generation_plan
-from .report import report
+from . import report as reporting
 from .select import accept, combine
 from .store import Run
 
@@ -116,7 +116,7 @@ def main(smoke: bool = False, run_dir=None, write_report: bool = True, report_di
         stage = time.perf_counter()
         out_dir = Path(report_dir or (run.path / "report" if run_dir else Path("reports") / run.name))
         say(f"\n== report: executing notebooks {', '.join(sizes)} on this run (they reuse its results)")
-        paths = report(run_name=str(run.path), out_dir=out_dir, notebooks=list(sizes), parameters=sizes)
+        paths = reporting.report(run_name=str(run.path), out_dir=out_dir, notebooks=list(sizes), parameters=sizes)
         say(f"   written in {time.perf_counter() - stage:.0f}s: open {paths[0].parent}/ (e.g. {paths[-1]})")
     say(f"\n== done in {time.perf_counter() - started:.0f}s; inspect with `workbench runs show {run.path}`")
     return 0
