@@ -96,7 +96,7 @@ def test_embedding_graders():
     real = list(get_task("corpus", n=40)["reference"])
     synthetic = [f"answer {i}: yes yes yes the the" for i in range(40)]
     realism = Realism(real, synthetic)
-    assert realism.train_auc > 0.9
+    assert realism.train_auc_ > 0.9
     frame = pd.DataFrame({"completion": [real[0], synthetic[0]]})
     scores = realism.score(frame)
     assert scores[0] > 0.5 > scores[1]
@@ -138,3 +138,21 @@ def test_real_judge_and_perplexity(real):
     assert judge.between(0, 1).all() and perplexity.between(0, 1).all()
     # the real model finds the sensible answers more likely than the nonsense ones
     assert perplexity[0] > perplexity[1] and perplexity[2] > perplexity[3]
+
+
+def test_fitted_results_do_not_count_as_grader_settings(tmp_path):
+    """A rerun builds its grader again; a fitted number that differs in the last digits (Realism's
+    cross-validated AUC did, between two processes) must not make the run refuse to resume."""
+    import pandas as pd
+
+    from workbench.graders import Heuristics, grade
+    from workbench.graders.base import grader_config
+    from workbench.store import Run
+
+    first, second = Heuristics(), Heuristics()
+    first.train_auc_, second.train_auc_ = 0.98963, 0.98859
+    assert grader_config(first) == grader_config(second) and "train_auc_" not in grader_config(first)
+    samples = pd.DataFrame({"sample_id": ["a", "b"], "prompt": ["p", "q"], "completion": ["An answer.", "Another."]})
+    run = Run(tmp_path / "run")
+    grade(samples, [first], run=run)
+    assert grade(samples, [second], run=run)["score__heuristics"].notna().all()

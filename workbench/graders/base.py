@@ -24,10 +24,12 @@ class Grader(Protocol):
 
 
 def grader_config(grader) -> dict:
-    """The settings that identify a grader's scores (its public, simple attributes)."""
+    """The settings that identify a grader's scores (its public, simple attributes). Fitted results end
+    in "_" (scikit-learn's convention, e.g. Realism.train_auc_) and are left out: they can differ in the
+    last digits between processes and must not make a rerun look like a different configuration."""
     config = {"class": type(grader).__name__}
     for key, value in vars(grader).items():
-        if not key.startswith("_") and isinstance(value, (str, int, float, bool, type(None), list, tuple, dict)):
+        if not key.startswith("_") and not key.endswith("_") and isinstance(value, (str, int, float, bool, type(None), list, tuple, dict)):
             config[key] = value
     return json.loads(json.dumps(config, default=str))
 

@@ -34,7 +34,7 @@ class Novelty:
 
 class Realism:
     """P(real) from a logistic regression on sentence embeddings, trained on real texts (label 1) versus
-    synthetic texts (label 0, e.g. earlier samples); its cross-validated ROC AUC is in `.train_auc`
+    synthetic texts (label 0, e.g. earlier samples); its cross-validated ROC AUC is in `.train_auc_`
     (0.5 means the classifier cannot tell them apart: the synthetic text looks real to it)."""
 
     def __init__(self, real_texts: Sequence[str], synthetic_texts: Sequence[str], name: str = "realism",
@@ -53,7 +53,7 @@ class Realism:
         y = np.r_[np.ones(len(real_texts)), np.zeros(len(synthetic_texts))]
         self._classifier = LogisticRegression(C=C, max_iter=1000, random_state=seed)
         folds = int(min(5, len(real_texts), len(synthetic_texts)))
-        self.train_auc = float(np.mean(cross_val_score(self._classifier, x, y, cv=folds, scoring="roc_auc")))
+        self.train_auc_ = float(np.mean(cross_val_score(self._classifier, x, y, cv=folds, scoring="roc_auc")))
         self._classifier.fit(x, y)
 
     def score(self, samples: pd.DataFrame) -> pd.Series:
