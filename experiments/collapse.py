@@ -7,25 +7,16 @@ real-text perplexity and diversity of free continuations per generation. See wor
 """
 from __future__ import annotations
 
-import time
+from common import run_experiment
 
-from common import ROOT, parse, write
+COLUMNS = ["arm", "generation", "heldout_perplexity", "diversity_distinct_2", "diversity_self_bleu",
+           "diversity_vendi_ngram", "diversity_mean_words", "train_examples", "collapsed"]
 
 
 def main() -> int:
-    args = parse(__doc__)
-    from workbench.experiments import collapse_configs, run_arms
+    from workbench.experiments import collapse_configs
 
-    started = time.perf_counter()
-    runs = args.runs or ROOT / "data" / "runs" / "experiments" / ("collapse" + ("-smoke" if args.smoke else ""))
-    configs = collapse_configs(runs, smoke=args.smoke, seed=args.seed)
-    frame = run_arms(configs, say=lambda text: print(text, flush=True))
-    columns = ["arm", "generation", "heldout_perplexity", "diversity_distinct_2", "diversity_self_bleu",
-               "diversity_vendi_ngram", "diversity_mean_words", "train_examples", "collapsed"]
-    table = frame[[c for c in columns if c in frame.columns]]
-    write("collapse", frame, table, args, started,
-          extra={"configs": {name: vars(config) for name, config in configs.items()}})
-    return 0
+    return run_experiment("collapse", collapse_configs, COLUMNS, __doc__)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,19 @@ def write(name: str, frame, table, args, started: float, extra: dict | None = No
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
         if pattern.search(text):
             readme.write_text(pattern.sub(lambda m: m.group(1) + markdown + m.group(2), text))
+
+
+def run_experiment(name: str, make_configs, columns: list[str], doc: str, extra=None) -> int:
+    """Parse the arguments, run (or resume) every arm of `make_configs(runs, smoke=, seed=)`, write the table
+    of `columns`; `extra(frame)` adds fields to the JSON. Both experiment scripts are this plus their setup."""
+    args = parse(doc)
+    from workbench.experiments import run_arms
+
+    started = time.perf_counter()
+    runs = args.runs or ROOT / "data" / "runs" / "experiments" / (name + ("-smoke" if args.smoke else ""))
+    configs = make_configs(runs, smoke=args.smoke, seed=args.seed)
+    frame = run_arms(configs, say=lambda text: print(text, flush=True))
+    table = frame[[c for c in columns if c in frame.columns]]
+    write(name, frame, table, args, started,
+          extra={**(extra(frame) if extra else {}), "configs": {arm: vars(c) for arm, c in configs.items()}})
+    return 0

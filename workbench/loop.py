@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputDataError
-from .store import Run, atomic_write_text
+from .store import Run, atomic_write_bytes, atomic_write_text
 
 HELDOUT_SEED = 1_000_003  # held-out problems come from their own seed and exclude every training prompt
 
@@ -356,12 +356,7 @@ def _task(name: str, params: dict) -> pd.DataFrame:
 
 
 def _save_frame(frame: pd.DataFrame, run: Run, generation: int, name: str) -> None:
-    import os
-
-    path = run.path / f"gen-{generation:03d}" / name
-    tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-    frame.reset_index(drop=True).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write_bytes(run.path / f"gen-{generation:03d}" / name, frame.reset_index(drop=True).to_parquet(index=False))
 
 
 def history(run: Run | str | Path) -> pd.DataFrame:
