@@ -101,3 +101,10 @@ def test_bad_prompt_files(tmp_path, name, content, needle):
 def test_unknown_task():
     with pytest.raises(InputDataError, match="Unknown task"):
         get_task("poetry")
+
+
+def test_corpus_prompt_ids_are_unique_over_the_whole_corpus():
+    # the reference manual repeats paragraphs across topics; a repeat used to give two prompts one id
+    for split in ("train", "heldout", "all"):
+        prompts = get_task("corpus", n=None, split=split)
+        assert prompts["prompt_id"].is_unique and prompts["prompt"].is_unique

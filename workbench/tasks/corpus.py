@@ -76,6 +76,9 @@ def corpus(n: int | None = 100, source=None, prefix_words: int = 32, reference_w
                              f"Use a corpus with paragraphs of more than {prefix_words + 8} words, or lower prefix_words.")
     rng = random.Random(seed)
     rng.shuffle(chunks)
+    # the reference manual repeats some paragraphs across topics; a repeat would reuse a prompt_id.
+    # Dropped after the shuffle so the first occurrences keep their order (and earlier runs their prompts).
+    chunks = list(dict.fromkeys(chunks))
     n = len(chunks) if n is None else n
     if n <= 0:
         raise InputDataError(f"corpus: n must be positive, got {n}.", "Pass n >= 1.")
