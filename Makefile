@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab models bench chromium clean-venv
+.PHONY: demo test lab models bench chromium llamacpp clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,18 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 chromium:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null)
 
-test: models chromium
+# llama-cpp-python has no wheel on PyPI: build it once (~6 min on 2 cores) into a cache outside the clone,
+# then every later install (a fresh venv, CI on a clean clone) takes the cached wheel
+WHEELS ?= $(HOME)/.cache/workbench/wheels
+LLAMA_CPP_VERSION := 0.3.36
+$(VENV)/.llamacpp: $(STAMP)
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip wheel --quiet --no-deps "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEELS)
+	$(PY) -m pip install --quiet --find-links $(WHEELS) "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
+	touch $@
+llamacpp: $(VENV)/.llamacpp
+
+test: models chromium llamacpp
 	$(PY) -m pytest
 
 lab: $(STAMP)

@@ -11,6 +11,7 @@ _EXPORTS = {
     "load_model": "models", "LoadedModel": "models", "DEFAULT_MODEL": "models",
     "generate": "generation", "SamplingParams": "generation",
     "Run": "store",
+    "open_model": "backends", "get_backend": "backends",
     "get_task": "tasks",
     "progress": "progress",
     "WorkbenchError": "errors",

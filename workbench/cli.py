@@ -4,6 +4,8 @@
     workbench generate --task arithmetic --n 32 --run data/runs/NAME
     workbench runs show NAME                       a summary table of a run
     workbench report [--smoke]                     execute the notebooks, render HTML under reports/
+    workbench loop CONFIG.yaml                     the self-learning loop (resumable)
+    workbench finetune --data X.parquet --out DIR  fine-tune (runs under `accelerate launch -m workbench finetune`)
     workbench demo                                 the main job, end to end on the embedded default
 """
 from __future__ import annotations
@@ -105,6 +107,34 @@ def cmd_loop(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    """Fine-tune on a parquet/JSONL of examples: the entry point `accelerate launch` runs on each process."""
+    import dataclasses
+    import os
+
+    from .tasks.files import read_table
+    from .train import TrainConfig, finetune
+
+    examples = read_table(Path(args.data), what="training examples")
+    overrides = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+        if key not in fields:
+            print(f"error: unknown TrainConfig field {key!r} (fields: {', '.join(fields)})", file=sys.stderr)
+            return 2
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    result = finetune(examples, model=args.model, config=TrainConfig(method=args.method, **overrides),
+                      out_dir=args.out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        stats = result.stats
+        print(f"{stats['steps']} steps on {stats['processes']} process(es): loss {stats['first_loss']:.3f} -> "
+              f"{stats['last_loss']:.3f}, {stats['real_tokens_per_s']:.0f} real tok/s; checkpoint {result.checkpoint}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import main
 
@@ -161,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("config", help="YAML file with workbench.loop.LoopConfig fields (see configs/)")
     loop.add_argument("--run", help="override the config's run folder (or a name under data/runs/)")
     loop.set_defaults(func=cmd_loop)
+
+    tune = sub.add_parser("finetune", help="fine-tune on examples (also under `accelerate launch -m workbench finetune`)")
+    tune.add_argument("--data", required=True, help="parquet/JSONL/CSV with prompt, completion (and chat, finish_reason)")
+    tune.add_argument("--model", default="smollm2-135m")
+    tune.add_argument("--method", default="full", choices=["full", "lora"])
+    tune.add_argument("--out", required=True, help="folder; the checkpoint goes to OUT/checkpoint")
+    tune.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="TrainConfig fields, e.g. epochs=2 max_steps=10")
+    tune.set_defaults(func=cmd_finetune)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--smoke", action="store_true", help="tiny sizes, for a quick check")

@@ -9,6 +9,7 @@ only generates the ids that are not there yet.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 import warnings
@@ -135,19 +136,33 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
              top_p: float = 0.95, top_k: int = 50, max_new_tokens: int = 128, seed: int = 0,
              system_prompt: str | None = None, batch_size: int = 64, run=None, generation: int = 0,
              checkpoint_every: int | None = None, dtype: str = "auto", quantize: str | None = None,
-             engine: str = "auto", max_cache_bytes: int = 1 << 30) -> pd.DataFrame:
+             engine: str = "auto", max_cache_bytes: int = 1 << 30, shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """Sample `n_per_prompt` completions per prompt; return a DataFrame with SAMPLE_COLUMNS + prompt columns.
 
     run: a `workbench.Run` (or path): rows are checkpointed into `gen-XXX/samples/` every
     `checkpoint_every` finished samples (default: 2 x batch_size) and already-present samples are skipped.
     engine: "fast" (continuous batching, Llama-family), "hf" (transformers generate) or "auto".
     quantize: None, or "int8" (W8A8 matmuls in the fast engine, ~2x faster here; see README for its cost).
+    model: also a backend (`workbench.backends`): "openai:MODEL@URL", "llamacpp:PATH.gguf" or a Backend.
+    shard: (index, count): generate only the prompts at positions index, index + count, ... (one worker's
+    share); every shard records the same run config, so shards on many workers fill one run.
     """
+    from .backends import get_backend, is_backend_spec
+
     params = SamplingParams(n_per_prompt, temperature, top_p, top_k, max_new_tokens, seed, system_prompt)
     params.check()
     prompts = as_prompts(prompts)
     if batch_size <= 0:
         raise InputDataError(f"batch_size must be positive, got {batch_size}.", "Pass batch_size >= 1 (e.g. 64).")
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise InputDataError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}.",
+                             "E.g. shard=(0, 4) for the first of four workers.")
+    if is_backend_spec(model):
+        if quantize:
+            raise InputDataError("quantize applies to the embedded engine, not to a backend.",
+                                 "Drop quantize (a server or GGUF file has its own precision).")
+        return _generate_with_backend(prompts, get_backend(model), params, run, generation,
+                                      checkpoint_every or 2 * batch_size, shard)
     if engine not in ("auto", "fast", "hf"):
         raise InputDataError(f"Unknown engine {engine!r}.", "Use 'auto', 'fast' or 'hf'.")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
@@ -164,15 +179,7 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
     setup = {"model": loaded.name, "dtype": loaded.dtype, "quantize": quantize, "engine": engine_name,
              **asdict(params), "prompts": len(prompts), "prompt_set": _hash(list(prompts["prompt_id"]),
                                                                              list(prompts["prompt"]))[:16]}
-    if run is not None:
-        from .store import Run
-
-        run = run if isinstance(run, Run) else Run(run)
-        tasks = sorted(set(prompts["task"])) if "task" in prompts.columns else ["prompts"]
-        run.check_config(f"generate:{'+'.join(map(str, tasks))}:gen-{generation:03d}", setup)
-        done = run.sample_ids("samples", generation)
-    else:
-        done = set()
+    run, done = _open_run(run, prompts, setup, generation)
 
     tokenizer = loaded.tokenizer
     budget = loaded.context_length - max_new_tokens
@@ -180,7 +187,7 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
         raise InputDataError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
                              f"{loaded.context_length}-token context.", f"Use max_new_tokens < {loaded.context_length}.")
     rows, requests, truncated = [], [], 0
-    for prompt in prompts.to_dict("records"):
+    for prompt in _shard(prompts, shard).to_dict("records"):
         prompt_ids = encode_prompt(tokenizer, prompt["prompt"], bool(prompt["chat"]), system_prompt)
         was_truncated = len(prompt_ids) > budget
         if was_truncated:
@@ -220,6 +227,27 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
 
     new_rows = _collect(finished_iter, rows, constant, tokenizer, run, generation, requests,
                         checkpoint_every or 2 * batch_size)
+    return _result(new_rows, run, generation, _shard(prompts, shard))
+
+
+def _open_run(run, prompts: pd.DataFrame, setup: dict, generation: int):
+    """The run (or None) and the sample ids it already holds; refuses a run made by other settings."""
+    if run is None:
+        return None, set()
+    from .store import Run
+
+    run = run if isinstance(run, Run) else Run(run)
+    tasks = sorted(set(prompts["task"])) if "task" in prompts.columns else ["prompts"]
+    run.check_config(f"generate:{'+'.join(map(str, tasks))}:gen-{generation:03d}", setup)
+    return run, run.sample_ids("samples", generation)
+
+
+def _shard(prompts: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
+    return prompts if shard is None else prompts.iloc[shard[0]::shard[1]]
+
+
+def _result(new_rows: list[dict], run, generation: int, prompts: pd.DataFrame) -> pd.DataFrame:
+    """All samples of these prompts in prompt order: from the run when there is one (earlier parts too)."""
     frame = pd.DataFrame(new_rows)
     if run is not None:
         frame = run.read("samples", generation)
@@ -236,35 +264,115 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
 
 
 def _collect(finished: Iterator, rows: list[dict], constant: dict, tokenizer, run, generation: int, requests,
-             checkpoint_every: int) -> list[dict]:
-    """Turn finished requests into rows; checkpoint them into the run as parts; log the ledger."""
+             checkpoint_every: int, backend=None) -> list[dict]:
+    """Turn finished requests into rows; checkpoint them into the run as parts; log the ledger.
+
+    Items are the engine's token lists or a backend's `Completion`s. If the stream fails (a server went
+    away), the rows finished so far are written before the error propagates: a rerun does only the rest.
+    """
     out, pending = [], []
     chunk_started = time.perf_counter()
 
     def flush():
         nonlocal pending, chunk_started
         if run is not None and pending:
-            frame = pd.DataFrame(pending).drop(columns="_key")
+            frame = pd.DataFrame(pending).drop(columns=["_key", "_retries"], errors="ignore")
             run.append("samples", frame, generation)
             seconds = time.perf_counter() - chunk_started
             completion = int(frame["n_completion_tokens"].sum())
-            run.log("generate", generation=generation, items=len(frame), prompt_tokens=int(frame["n_prompt_tokens"].sum()),
+            prompt_tokens = int(frame["n_prompt_tokens"].sum())
+            extra = {}
+            if backend is not None:
+                extra = {"retries": int(sum(r["_retries"] for r in pending)),
+                         "concurrency": backend.concurrency}
+                cost = backend.cost(prompt_tokens, completion)
+                if cost is not None:
+                    extra["cost_usd"] = round(cost, 6)
+            run.log("generate", generation=generation, items=len(frame), prompt_tokens=prompt_tokens,
                     completion_tokens=completion, seconds=round(seconds, 3),
                     tokens_per_s=round(completion / max(seconds, 1e-9), 1),
                     truncated_prompts=int(frame["prompt_truncated"].sum()), model=constant["model"],
-                    dtype=constant["dtype"], quantize=constant["quantize"], engine=constant["engine"])
+                    dtype=constant["dtype"], quantize=constant["quantize"], engine=constant["engine"], **extra)
         pending = []
         chunk_started = time.perf_counter()
 
     with progress(len(requests), "generate", unit="samples") as bar:
-        for item in finished:
-            row = {**rows[item.key], **constant, "_key": item.key,
-                   "completion": tokenizer.decode(item.token_ids, skip_special_tokens=True),
-                   "n_completion_tokens": len(item.token_ids), "finish_reason": item.finish_reason}
-            out.append(row)
-            pending.append(row)
-            bar.update(1, tokens=len(item.token_ids))
-            if len(pending) >= checkpoint_every:
-                flush()
-        flush()
-    return out
+        try:
+            for item in finished:
+                if hasattr(item, "text"):  # a backend's Completion
+                    fields = {"completion": item.text, "n_prompt_tokens": item.n_prompt_tokens,
+                              "n_completion_tokens": item.n_completion_tokens, "_retries": item.retries}
+                else:
+                    fields = {"completion": tokenizer.decode(item.token_ids, skip_special_tokens=True),
+                              "n_completion_tokens": len(item.token_ids)}
+                row = {**rows[item.key], **constant, "_key": item.key, "finish_reason": item.finish_reason, **fields}
+                out.append(row)
+                pending.append(row)
+                bar.update(1, tokens=row["n_completion_tokens"])
+                if len(pending) >= checkpoint_every:
+                    flush()
+        finally:
+            flush()
+    return [{k: v for k, v in row.items() if k != "_retries"} for row in out]
+
+
+def _generate_with_backend(prompts: pd.DataFrame, backend, params: SamplingParams, run, generation: int,
+                           checkpoint_every: int, shard) -> pd.DataFrame:
+    """generate() over a request/response backend (OpenAI-compatible server, llama.cpp): same rows, same run."""
+    from .backends import Request
+
+    setup = {**backend.settings(), **asdict(params), "prompts": len(prompts),
+             "prompt_set": _hash(list(prompts["prompt_id"]), list(prompts["prompt"]))[:16]}
+    run, done = _open_run(run, prompts, setup, generation)
+    rows, requests = [], []
+    for prompt in _shard(prompts, shard).to_dict("records"):
+        for index in range(params.n_per_prompt):
+            sample_id = _hash(backend.name, backend.engine, None, prompt["prompt"], bool(prompt["chat"]),
+                              params.temperature, params.top_p, params.top_k, params.max_new_tokens,
+                              params.system_prompt, params.seed, index)[:20]
+            if sample_id in done:
+                continue
+            sample_seed = int(_hash(params.seed, prompt["prompt_id"], index)[:15], 16)
+            requests.append(Request(len(rows), prompt["prompt"], bool(prompt["chat"]), params.system_prompt,
+                                    sample_seed, params.max_new_tokens, params.temperature, params.top_p, params.top_k))
+            rows.append({**prompt, "sample_id": sample_id, "sample_index": index, "prompt_truncated": False,
+                         "seed": params.seed, "sample_seed": sample_seed})
+    constant = {"model": backend.name, "temperature": params.temperature, "top_p": params.top_p,
+                "top_k": params.top_k, "max_new_tokens": params.max_new_tokens,
+                "system_prompt": params.system_prompt, "dtype": backend.engine, "quantize": None,
+                "engine": backend.engine}
+    new_rows = _collect(run_requests(backend, requests), rows, constant, None, run, generation, requests,
+                        checkpoint_every, backend=backend)
+    return _result(new_rows, run, generation, _shard(prompts, shard))
+
+
+def run_requests(backend, requests: list) -> Iterator:
+    """Completions as they finish, `backend.concurrency` in flight. On the first failure the queued
+    requests are dropped and the error is raised (after the finished ones were yielded)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    if backend.concurrency == 1:
+        yield from (backend.complete(r) for r in requests)
+        return
+    queue = iter(requests)
+    pool = ThreadPoolExecutor(backend.concurrency, thread_name_prefix="workbench-request")
+    try:
+        # a bounded window (not all requests at once), so a failure leaves little queued work behind
+        in_flight = {pool.submit(backend.complete, r) for r in itertools.islice(queue, 2 * backend.concurrency)}
+        while in_flight:
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            failed = [f for f in done if f.exception() is not None]
+            for future in done:
+                if future.exception() is None:
+                    yield future.result()
+                    nxt = None if failed else next(queue, None)
+                    if nxt is not None:
+                        in_flight.add(pool.submit(backend.complete, nxt))
+            if failed:
+                # let the requests already running finish (they cost tokens), then report the failure
+                for future in in_flight:
+                    if not future.cancel() and future.exception(timeout=None) is None:
+                        yield future.result()
+                raise failed[0].exception()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

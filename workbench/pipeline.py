@@ -18,10 +18,16 @@ POLICIES = {
 def default_graders(task: str, model, samples_by_task: dict[str, pd.DataFrame] | None = None) -> list:
     """Every applicable grader for a task's samples.
 
+    model: a loaded model, a spec or a backend (see workbench.backends).
     Realism on the corpus task is trained on held-out real passages versus the model's *instruction*
     answers when those exist, so no corpus sample it scores was in its training data.
     """
-    judge, perplexity, heuristics = SelfJudge(model=model), Perplexity(model=model), Heuristics()
+    from .backends import is_backend_spec
+    from .models import DEFAULT_MODEL
+
+    # a server returns no log-probability of given text: perplexity then uses the embedded model as reference
+    reference = DEFAULT_MODEL if is_backend_spec(model) else model
+    judge, perplexity, heuristics = SelfJudge(model=model), Perplexity(model=reference), Heuristics()
     if task == "arithmetic":
         return [Verifier(), Verifier(name="verifier_strict", strict=True), judge, perplexity, heuristics]
     if task == "instructions":

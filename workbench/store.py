@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,34 @@ import yaml
 from .errors import InputDataError, RunConfigError
 
 
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _tmp_name(path: Path) -> Path:
+    # host and pid in the name: a new Run cleans up only what dead writers of this host left behind
+    # (Ray workers and other processes may be writing into the same run at this moment)
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{threading.get_ident()}")
+
+
+def _stale(tmp: Path) -> bool:
+    try:
+        host, pid, _ = tmp.name.rsplit(".tmp-", 1)[1].split("-")
+    except ValueError:
+        return True  # an older naming scheme: its writer is long gone
+    if host != _HOST:
+        return time.time() - tmp.stat().st_mtime > 3600  # another machine's writer: only when clearly abandoned
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_name(path)
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -53,8 +80,12 @@ class Run:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.rglob(".*.tmp-*"):  # left by a killed writer; never a finished file
-            stale.unlink(missing_ok=True)
+        for tmp in self.path.rglob(".*.tmp-*"):  # left by a killed writer; never a finished file
+            try:
+                if tmp.is_file() and _stale(tmp):  # folders (checkpoints) are their writer's to clean
+                    tmp.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass  # its writer just renamed it into place
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -97,13 +128,27 @@ class Run:
         """Write `frame` as the next part of `table` (atomically); returns the part's path."""
         if frame.empty:
             return None
-        existing = self.parts(table, generation)
-        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-        path = self.table_dir(table, generation) / f"part-{number:05d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        folder = self.table_dir(table, generation)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_name(folder / "part.parquet")
         frame.reset_index(drop=True).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        while True:
+            existing = self.parts(table, generation)
+            number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+            path = folder / f"part-{number:05d}.parquet"
+            try:
+                # link, not rename: it fails if another process took this number first (two workers
+                # appending at once), where a rename would silently replace that worker's part
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                continue
+            except OSError:  # a file system without hard links: rename (a race here is then possible)
+                if path.exists():
+                    continue
+                os.replace(tmp, path)
+                break
+        tmp.unlink(missing_ok=True)
         self._write_manifest()
         return path
 

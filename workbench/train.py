@@ -199,6 +199,29 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_share))))
 
 
+def _distributed(device: str) -> tuple[int, int]:
+    """(world size, rank) when launched by `accelerate launch` / torchrun with several processes, else (1, 0)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _all_reduce_sum(value: float, world: int) -> float:
+    if world <= 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total.item())
+
+
 def _peak_rss_gb() -> float:
     import resource
 
@@ -239,7 +262,10 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
 
         net = get_peft_model(net, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM"))
+    world, rank = _distributed(device)
     net.train()
+    if world > 1:  # one process per device under `accelerate launch` / torchrun: gradients all-reduced by DDP
+        net = torch.nn.parallel.DistributedDataParallel(net.to(device) if device != "cpu" else net)
     trainable = [p for p in net.parameters() if p.requires_grad]
     fused = {"fused": True} if device == "cpu" or device.startswith("cuda") else {}
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, **fused)
@@ -262,14 +288,19 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, total, config.lr, config.warmup_steps)
                 n_targets = sum(len(ids) - n_prompt for ids, n_prompt in batch_rows)
+                # each process takes every world-th row of the step; DDP averages gradients over processes,
+                # so losses are scaled by `world` to give the gradient of the mean over the whole step.
+                # A process left without rows backpropagates a zero-weighted row to join the all-reduce.
+                mine = batch_rows[rank::world] or batch_rows[:1]
+                weight = world if batch_rows[rank::world] else 0.0
                 loss_sum = 0.0
-                for piece in _micro_batches(batch_rows, config.micro_batch_tokens):
+                for piece in _micro_batches(mine, config.micro_batch_tokens):
                     with torch.autocast(device_type=device.split(":")[0], dtype=autocast,
                                         enabled=autocast is not None):
                         loss, n_piece = _batch_loss(net, piece, device, tokenizer.pad_token_id)
-                    (loss * (n_piece / n_targets)).backward()  # weights make the sum the mean over the step
-                    loss_sum += float(loss.detach()) * n_piece
-                loss = torch.tensor(loss_sum / n_targets)
+                    (loss * (weight * n_piece / n_targets)).backward()  # the sum is the step's mean loss
+                    loss_sum += float(loss.detach()) * n_piece * (weight > 0)
+                loss = torch.tensor(_all_reduce_sum(loss_sum, world) / n_targets)
                 grad_norm = (float(torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip))
                              if config.grad_clip else float("nan"))
                 optimizer.step()
@@ -291,6 +322,8 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
             epoch += 1
 
     seconds = time.perf_counter() - started
+    if world > 1:
+        net = net.module
     if config.method == "lora":
         net = net.merge_and_unload()
     net.eval()
@@ -300,9 +333,15 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
              "real_tokens_per_s": real_tokens / max(seconds, 1e-9), "peak_rss_gb": _peak_rss_gb(),
              "device": device, "precision": "bf16-autocast" if autocast is not None else "fp32",
              "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"], "base_model": loaded.name,
+             "processes": world,
              "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}}
     history_frame = pd.DataFrame(history)
-    checkpoint = save_checkpoint(net, tokenizer, Path(out_dir), history_frame, stats) if out_dir else None
+    checkpoint = None
+    if out_dir and rank == 0:  # every process holds the same weights; one writes them
+        checkpoint = save_checkpoint(net, tokenizer, Path(out_dir), history_frame, stats)
+    if world > 1:
+        torch.distributed.barrier()  # the others return once the checkpoint is in place
+        checkpoint = Path(out_dir) / "checkpoint" if out_dir else None
     return TrainResult(history=history_frame, checkpoint=checkpoint, stats=stats, model=net)
 
 

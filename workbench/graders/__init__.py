@@ -10,11 +10,11 @@
 | `RewardModel` | a sequence-classification model's probability | [0, 1] |
 | `Heuristics` | length x non-repetition x no-refusal x printable | [0, 1] |
 """
-from .base import Grader, grade, grader_config
+from .base import Grader, grade, grader_config, scoring_method
 from .embedding_graders import Novelty, Realism, RewardModel
 from .heuristics import Heuristics, heuristic_features
 from .model_graders import Perplexity, SelfJudge
 from .verifier import Verifier, is_strict_answer, parse_final_number
 
-__all__ = ["Grader", "grade", "grader_config", "SelfJudge", "Verifier", "Perplexity", "Realism", "Novelty",
+__all__ = ["Grader", "grade", "grader_config", "scoring_method", "SelfJudge", "Verifier", "Perplexity", "Realism", "Novelty",
            "RewardModel", "Heuristics", "heuristic_features", "parse_final_number", "is_strict_answer"]

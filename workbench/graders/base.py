@@ -60,10 +60,22 @@ def grade(samples: pd.DataFrame, graders: Sequence, run=None, generation: int = 
                                             "score": scores.to_numpy(dtype=float)}), generation)
             seconds = time.perf_counter() - started
             run.log("grade", generation=generation, grader=grader.name, items=len(todo), seconds=round(seconds, 3),
-                    items_per_s=round(len(todo) / max(seconds, 1e-9), 2), nan=int(scores.isna().sum()))
+                    items_per_s=round(len(todo) / max(seconds, 1e-9), 2), nan=int(scores.isna().sum()),
+                    **({"method": grader.method_} if hasattr(grader, "method_") else {}))
             known.update(zip(todo["sample_id"], scores.to_numpy(dtype=float)))
         out[column] = samples["sample_id"].map(known).astype(float).to_numpy()
     return out
+
+
+def scoring_method(run, grader: str = "judge", generation: int = 0) -> str | None:
+    """How a grader's stored scores were read, from the run's ledger (SelfJudge.method_: "logits" for a
+    local model, "logprobs" or "parsed" over a backend); None when the run does not say."""
+    ledger = run.ledger()
+    if ledger.empty or "method" not in ledger:
+        return None
+    mine = ledger[(ledger["stage"] == "grade") & (ledger["grader"] == grader) & (ledger["generation"] == generation)]
+    methods = mine["method"].dropna()
+    return str(methods.iloc[-1]) if len(methods) else None
 
 
 def _checked(grader, scores, samples) -> pd.Series:

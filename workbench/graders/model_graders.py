@@ -23,7 +23,12 @@ SCALE_QUESTION = "Rate the answer from {low} (useless) to {high} (excellent). Re
 
 class _ModelGrader:
     def __init__(self, model, dtype, quantize, batch_size):
-        self.model = model if isinstance(model, str) else getattr(model, "name", "model")
+        from ..backends import get_backend, is_backend_spec
+
+        # a backend (OpenAI-compatible server, llama.cpp) is recorded by its name: never a URL or a key
+        self._backend = get_backend(model) if is_backend_spec(model) else None
+        self.model = self._backend.name if self._backend else (
+            model if isinstance(model, str) else getattr(model, "name", "model"))
         self.dtype, self.quantize, self.batch_size = dtype, quantize, batch_size
         self._loaded = model if isinstance(model, LoadedModel) else None
         self._engine = None
@@ -62,12 +67,14 @@ class SelfJudge(_ModelGrader):
         super().__init__(model, dtype, quantize, batch_size)
         self.name, self.mode, self.rubric, self.low, self.high = name, mode, rubric, low, high
 
+    def prompt_text(self, prompt: str, completion: str) -> str:
+        question = YES_NO_QUESTION if self.mode == "yes_no" else SCALE_QUESTION.format(low=self.low, high=self.high)
+        return f"{self.rubric}\n\nTask: {prompt}\n\nAnswer: {completion}\n\n{question}"
+
     def prompt_ids(self, prompt: str, completion: str) -> list[int]:
         from ..generation import encode_prompt
 
-        question = YES_NO_QUESTION if self.mode == "yes_no" else SCALE_QUESTION.format(low=self.low, high=self.high)
-        text = f"{self.rubric}\n\nTask: {prompt}\n\nAnswer: {completion}\n\n{question}"
-        return encode_prompt(self.loaded.tokenizer, text, True, None)
+        return encode_prompt(self.loaded.tokenizer, self.prompt_text(prompt, completion), True, None)
 
     def candidate_ids(self) -> tuple[list[int], list[int]] | list[int]:
         tokenizer = self.loaded.tokenizer
@@ -100,6 +107,9 @@ class SelfJudge(_ModelGrader):
         require_columns(samples, ["prompt", "completion"], self.name)
         if len(samples) == 0:
             return pd.Series([], dtype=float, index=samples.index)
+        if self._backend is not None:
+            return self._score_with_backend(samples)
+        self.method_ = "logits"  # the full next-token distribution
         sequences = [self.prompt_ids(p, c) for p, c in zip(samples["prompt"], samples["completion"])]
         logits = self.logits(sequences)
         if self.mode == "yes_no":
@@ -111,6 +121,55 @@ class SelfJudge(_ModelGrader):
             ratings = np.arange(self.low, self.high + 1)
             scores = (probs @ ratings - self.low) / (self.high - self.low)
         return pd.Series(scores.astype(float), index=samples.index)
+
+
+    def _score_with_backend(self, samples: pd.DataFrame) -> pd.Series:
+        """Over a backend: the first answer token's top logprobs where the server returns them (the same
+        P(Yes) / expected rating as locally, over the candidates it lists), else the rating parsed from the
+        greedy reply. `method_` says which: "logprobs", "parsed" or "mixed (N% logprobs)"."""
+        from ..backends import Request
+        from ..generation import run_requests
+
+        requests = [Request(i, self.prompt_text(p, c), True, None, 0, 4, 0.0, 1.0, 0, logprobs=20)
+                    for i, (p, c) in enumerate(zip(samples["prompt"], samples["completion"]))]
+        scores, used_logprobs = np.full(len(requests), np.nan), 0
+        with progress(len(requests), f"judge:{self.name}", unit="items") as bar:
+            for done in run_requests(self._backend, requests):
+                value = self._from_logprobs(done.top_logprobs)
+                used_logprobs += value is not None
+                scores[done.key] = value if value is not None else self._parse(done.text)
+                bar.update(1)
+        share = used_logprobs / len(requests)
+        self.method_ = "logprobs" if share == 1 else "parsed" if share == 0 else f"mixed ({100 * share:.0f}% logprobs)"
+        return pd.Series(scores, index=samples.index)
+
+    def _from_logprobs(self, top: list) -> float | None:
+        by_word: dict[str, list[float]] = {}
+        for token, logprob in top:
+            by_word.setdefault(token.strip().lower(), []).append(logprob)
+        if self.mode == "yes_no":
+            yes, no = by_word.get("yes"), by_word.get("no")
+            if not yes and not no:
+                return None
+            lse = lambda values: float(np.logaddexp.reduce(values)) if values else -np.inf  # noqa: E731
+            return float(1 / (1 + np.exp(lse(no) - lse(yes))))
+        ratings = np.arange(self.low, self.high + 1)
+        logps = np.array([np.logaddexp.reduce(by_word[str(r)]) if str(r) in by_word else -np.inf for r in ratings])
+        if not np.isfinite(logps).any():
+            return None
+        probs = np.exp(logps - logps.max())
+        return float((probs / probs.sum()) @ ratings - self.low) / (self.high - self.low)
+
+    def _parse(self, text: str) -> float:
+        import re
+
+        text = (text or "").strip().lower()
+        if self.mode == "yes_no":
+            return 1.0 if text.startswith("yes") else 0.0 if text.startswith("no") else np.nan
+        digit = re.search(r"\d", text)
+        if digit and self.low <= int(digit.group()) <= self.high:
+            return (int(digit.group()) - self.low) / (self.high - self.low)
+        return np.nan
 
 
 class Perplexity(_ModelGrader):
@@ -129,6 +188,10 @@ class Perplexity(_ModelGrader):
         from ..generation import encode_prompt
 
         require_columns(samples, ["prompt", "completion"], self.name)
+        if self._backend is not None:
+            raise InputDataError(f"Perplexity {self.name!r} needs the reference model's weights, not a backend "
+                                 f"({self.model}): servers do not return the log-probability of given text.",
+                                 "Use a local model as the reference (e.g. 'smollm2-135m' or the GGUF file itself).")
         tokenizer = self.loaded.tokenizer
         chats = samples["chat"] if "chat" in samples.columns else [True] * len(samples)
         sequences, starts = [], []

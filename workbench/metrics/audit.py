@@ -66,11 +66,12 @@ def reliability_table(scores, labels, bins: int = 10) -> pd.DataFrame:
     return table
 
 
-def judge_audit(scores, labels, threshold: float = 0.5, bins: int = 10) -> dict:
-    """Everything above for one grader against reference labels (verifier 0/1 or human good/bad)."""
+def judge_audit(scores, labels, threshold: float = 0.5, bins: int = 10, method: str | None = None) -> dict:
+    """Everything above for one grader against reference labels (verifier 0/1 or human good/bad).
+    method: how the judge's scores were read (SelfJudge.method_: "logits", "logprobs", "parsed"), reported as is."""
     s, y = _clean(scores, labels)
     table = reliability_table(s, y, bins)
-    return {"n": int(len(s)), "positives": int(y.sum()), "roc_auc": roc_auc(s, y),
+    return {"n": int(len(s)), "positives": int(y.sum()), "method": method, "roc_auc": roc_auc(s, y),
             "accuracy_at_threshold": accuracy_at(s, y, threshold), "threshold": threshold,
             "kappa_at_threshold": cohen_kappa(s >= threshold, y), "ece": table.attrs["ece"],
             "reliability": table.to_dict("records")}
