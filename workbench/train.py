@@ -206,6 +206,10 @@ def _distributed(device: str) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 1, 0
+    if device.startswith("cuda"):  # one GPU per process: "cuda" then means this process's own device
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return dist.get_world_size(), dist.get_rank()
@@ -248,6 +252,7 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
                              "Lower the thresholds (or use a target rate) so some samples are accepted, "
                              "or mix in real data (workbench.train.mix with 'accumulate' or keep_real).")
     device = _choose_device(config.device)
+    world, rank = _distributed(device)  # before loading, so each process loads onto its own GPU
     spec = model.path if isinstance(model, LoadedModel) and model.info.get("kind") != "embedded" else (
         model.spec if isinstance(model, LoadedModel) else model)
     loaded = load_model(spec, dtype="fp32", device=device)  # master weights in fp32; autocast below
@@ -262,10 +267,10 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
 
         net = get_peft_model(net, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                                              target_modules=list(config.lora_targets), task_type="CAUSAL_LM"))
-    world, rank = _distributed(device)
     net.train()
     if world > 1:  # one process per device under `accelerate launch` / torchrun: gradients all-reduced by DDP
-        net = torch.nn.parallel.DistributedDataParallel(net.to(device) if device != "cpu" else net)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
     trainable = [p for p in net.parameters() if p.requires_grad]
     fused = {"fused": True} if device == "cpu" or device.startswith("cuda") else {}
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, **fused)
