@@ -330,6 +330,22 @@ def _plotly_outputs(notebook: Path) -> int:
     return sum(PLOTLY_MIME in output.get("data", {}) for cell in cells for output in cell.get("outputs", []))
 
 
+def _exported_widget_state(executed: Path):
+    """The widget state nbconvert writes for a notebook, before workbench.report shares the widget code."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from workbench.report import WIDGET_STATE_TAG
+
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(executed), as_version=4))
+    start = body.find(WIDGET_STATE_TAG)
+    return None if start < 0 else json.loads(body[start + len(WIDGET_STATE_TAG):body.find("</script>", start)])
+
+
+STATE_IN_PAGE = ("() => { const tag = document.querySelector('script[type=\"application/vnd.jupyter.widget-state+json\"]');"
+                 " return tag ? JSON.parse(tag.textContent) : null; }")
+
+
 def test_report_draws_offline(chromium, browser, smoke_report):
     context = browser.new_context()
     context.set_offline(True)
@@ -360,6 +376,11 @@ def test_report_draws_offline(chromium, browser, smoke_report):
                                   ".map(p => !!p.querySelector(':scope svg.main-svg'))")
             assert drawn == [True] * expected, (f"{html.name}: figures drawn {drawn}, expected {expected} "
                                                 f"(plotly outputs in the notebook); blocked requests {blocked}")
+            # each FigureWidget's 4.7 MB plotly bundle is stored once in the file and put back as the page
+            # loads: the widget state in the page must be exactly what nbconvert exported
+            executed = smoke_report.out / "executed" / f"{html.stem}.ipynb"
+            assert page.evaluate(STATE_IN_PAGE) == _exported_widget_state(executed), html.name
+            assert html.stat().st_size < 16e6, f"{html.name}: {html.stat().st_size / 1e6:.1f} MB"
             page.close()
     finally:
         context.close()

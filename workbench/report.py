@@ -41,8 +41,56 @@ def render_html(notebook: Path, html_path: Path) -> Path:
 
     exporter = HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
-    html_path.write_text(body, encoding="utf-8")
+    html_path.write_text(share_widget_code(body), encoding="utf-8")
     return html_path
+
+
+WIDGET_STATE_TAG = '<script type="application/vnd.jupyter.widget-state+json">'
+CODE_MARK = "workbench-shared-code:"
+# Runs as the page is parsed, before the widget manager (loaded asynchronously) reads the saved state.
+RESTORE = """<script type="application/json" id="workbench-widget-code">%s</script>
+<script>(function () {
+  var tag = document.querySelector('script[type="application/vnd.jupyter.widget-state+json"]');
+  var code = JSON.parse(document.getElementById("workbench-widget-code").textContent);
+  var data = JSON.parse(tag.textContent), mark = "%s";
+  Object.keys(data.state).forEach(function (id) {
+    var state = data.state[id].state || {};
+    if (typeof state._esm === "string" && state._esm.indexOf(mark) === 0) state._esm = code[+state._esm.slice(mark.length)];
+  });
+  tag.textContent = JSON.stringify(data);
+})();</script>"""
+
+
+def share_widget_code(html: str) -> str:
+    """Store each distinct widget front-end bundle once in the page.
+
+    plotly's FigureWidget is an anywidget whose saved state carries plotly's whole JS bundle (`_esm`,
+    ~4.7 MB) per figure: notebook 03's explorer and training panel made a 36 MB report. The bundle is kept
+    once and put back into every widget's state by a small script as the page loads, so the widget state
+    the manager reads is unchanged.
+    """
+    import json
+
+    start = html.find(WIDGET_STATE_TAG)
+    if start < 0:
+        return html
+    end = html.find("</script>", start)
+    state = json.loads(html[start + len(WIDGET_STATE_TAG):end])
+    bundles: dict[str, int] = {}
+    for model in state.get("state", {}).values():
+        values = model.get("state", {})
+        code = values.get("_esm")
+        if isinstance(code, str) and len(code) > 10_000:
+            values["_esm"] = f"{CODE_MARK}{bundles.setdefault(code, len(bundles))}"
+    if not bundles:
+        return html
+
+    def script_safe(value) -> str:  # JSON inside <script>: "</" would close the tag
+        return json.dumps(value).replace("</", "<\\/")
+
+    restore = RESTORE % (script_safe(list(bundles)), CODE_MARK)
+    close = end + len("</script>")
+    return html[:start] + WIDGET_STATE_TAG + script_safe(state) + "</script>\n" + restore + html[close:]
 
 
 def report(run_name: str = "notebooks", smoke: bool = False, out_dir: str | Path = "reports",
