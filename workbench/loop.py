@@ -72,7 +72,8 @@ class LoopConfig:
         return config
 
     def check(self) -> None:
-        from .train import TrainConfig, parse_mix
+        from .mix import parse_mix
+        from .train import TrainConfig
 
         if self.generations < 0:
             raise InputDataError(f"generations must be >= 0, got {self.generations}.", "E.g. generations: 3.")
@@ -230,7 +231,8 @@ def run(config: LoopConfig | dict | str | Path, say: Callable[[str], None] | Non
     from .metrics import distinct_n, judge_audit
     from .metrics.collapse import collapse_flags
     from .select import accept, thresholds_for
-    from .train import TrainConfig, finetune, mix, real_examples, save_checkpoint
+    from .mix import mix, real_examples
+    from .train import TrainConfig, finetune, save_checkpoint
 
     if isinstance(config, (str, Path)):
         config = LoopConfig.from_yaml(config)
