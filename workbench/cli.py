@@ -112,19 +112,19 @@ def cmd_finetune(args) -> int:
     import dataclasses
     import os
 
+    import yaml
+
     from .tasks.files import read_table
     from .train import TrainConfig, finetune
 
     examples = read_table(Path(args.data), what="training examples")
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
     overrides = {}
     for item in args.set or []:
         key, _, value = item.partition("=")
-        fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
         if key not in fields:
             print(f"error: unknown TrainConfig field {key!r} (fields: {', '.join(fields)})", file=sys.stderr)
             return 2
-        import yaml
-
         overrides[key] = yaml.safe_load(value)
     result = finetune(examples, model=args.model, config=TrainConfig(method=args.method, **overrides),
                       out_dir=args.out)

@@ -80,19 +80,18 @@ class Selection:
     def save(self, run, generation: int = 0) -> None:
         """Write `selection.parquet` (with the parameters as JSON in its metadata) into the generation folder."""
         import json
-        import os
 
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from .store import atomic_write_bytes
+
         table = pa.Table.from_pandas(self.to_frame(), preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                b"workbench_selection": json.dumps(self.params, default=str).encode()})
-        path = run.path / f"gen-{generation:03d}" / "selection.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        atomic_write_bytes(run.path / f"gen-{generation:03d}" / "selection.parquet", buffer.getvalue().to_pybytes())
 
 
 def _normalized(text: str) -> str:

@@ -122,7 +122,6 @@ class SelfJudge(_ModelGrader):
             scores = (probs @ ratings - self.low) / (self.high - self.low)
         return pd.Series(scores.astype(float), index=samples.index)
 
-
     def _score_with_backend(self, samples: pd.DataFrame) -> pd.Series:
         """Over a backend: the first answer token's top logprobs where the server returns them (the same
         P(Yes) / expected rating as locally, over the candidates it lists), else the rating parsed from the
