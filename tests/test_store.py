@@ -46,6 +46,29 @@ def test_ledger_skips_a_cut_line(tmp_path):
     assert list(ledger["items"]) == [3, 2]
 
 
+def test_a_kill_between_a_part_and_its_ledger_line_loses_no_accounting(tmp_path, monkeypatch):
+    run = Run(tmp_path / "r")
+    run.append("samples", pd.DataFrame({"sample_id": ["a", "b"]}), log=dict(stage="generate", items=2))
+    run.append("scores/judge", pd.DataFrame({"sample_id": ["a"]}), log=dict(stage="grade", items=1))
+    run.append("labels", pd.DataFrame({"sample_id": ["a"]}))  # a part without a ledger line of its own
+
+    def killed(self, entry):
+        raise KeyboardInterrupt  # the part is in place, the ledger line never written
+
+    monkeypatch.setattr(Run, "_write_ledger_line", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.append("samples", pd.DataFrame({"sample_id": ["c", "d", "e"]}), log=dict(stage="generate", items=3))
+    monkeypatch.undo()
+    assert len(run.read("samples")) == 5  # the part landed
+    ledger = Run(run.path).ledger()
+    assert list(ledger["items"]) == [2, 1, 3]  # each chunk once: the lost line restored from its part
+    assert list(ledger["stage"]) == ["generate", "grade", "generate"]
+    assert ledger["restored"].fillna(False).tolist() == [False, False, True]
+    assert list(ledger["part"]) == ["gen-000/samples/part-00000.parquet", "gen-000/scores/judge/part-00000.parquet",
+                                    "gen-000/samples/part-00001.parquet"]
+    assert (run.path / "ledger.jsonl").read_text().count("\n") == 2  # reading did not write
+
+
 def test_config_guard(tmp_path):
     run = Run(tmp_path / "r")
     run.check_config("generate:x", {"model": "m", "n": 3})

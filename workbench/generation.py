@@ -277,7 +277,6 @@ def _collect(finished: Iterator, rows: list[dict], constant: dict, tokenizer, ru
         nonlocal pending, chunk_started
         if run is not None and pending:
             frame = pd.DataFrame(pending).drop(columns=["_key", "_retries"], errors="ignore")
-            run.append("samples", frame, generation)
             seconds = time.perf_counter() - chunk_started
             completion = int(frame["n_completion_tokens"].sum())
             prompt_tokens = int(frame["n_prompt_tokens"].sum())
@@ -288,11 +287,12 @@ def _collect(finished: Iterator, rows: list[dict], constant: dict, tokenizer, ru
                 cost = backend.cost(prompt_tokens, completion)
                 if cost is not None:
                     extra["cost_usd"] = round(cost, 6)
-            run.log("generate", generation=generation, items=len(frame), prompt_tokens=prompt_tokens,
-                    completion_tokens=completion, seconds=round(seconds, 3),
-                    tokens_per_s=round(completion / max(seconds, 1e-9), 1),
-                    truncated_prompts=int(frame["prompt_truncated"].sum()), model=constant["model"],
-                    dtype=constant["dtype"], quantize=constant["quantize"], engine=constant["engine"], **extra)
+            run.append("samples", frame, generation, log=dict(
+                stage="generate", generation=generation, items=len(frame), prompt_tokens=prompt_tokens,
+                completion_tokens=completion, seconds=round(seconds, 3),
+                tokens_per_s=round(completion / max(seconds, 1e-9), 1),
+                truncated_prompts=int(frame["prompt_truncated"].sum()), model=constant["model"],
+                dtype=constant["dtype"], quantize=constant["quantize"], engine=constant["engine"], **extra))
         pending = []
         chunk_started = time.perf_counter()
 

@@ -5,6 +5,7 @@ Layout (see DESIGN.md)::
     <run>/config.yaml                     what produced the run, one section per stage
     <run>/manifest.json                   tables -> parts and row counts (derived from the parts)
     <run>/ledger.jsonl                    one line per finished stage chunk: items, tokens, seconds
+                                          (also stored in that chunk's part, see `Run.ledger`)
     <run>/gen-000/samples/part-00000.parquet
 
 Every file is written to a temporary name and renamed into place, so a process killed at any
@@ -27,6 +28,11 @@ from .errors import InputDataError, RunConfigError
 
 
 _HOST = socket.gethostname().replace("-", "_")
+_LEDGER_KEY = b"workbench.ledger"  # a part's own ledger line, in its parquet metadata
+
+
+def _ledger_entry(stage: str, **fields: Any) -> dict:
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage": stage, **fields}
 
 
 def _tmp_name(path: Path) -> Path:
@@ -124,14 +130,29 @@ class Run:
         folder = self.table_dir(table, generation)
         return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
 
-    def append(self, table: str, frame: pd.DataFrame, generation: int = 0) -> Path | None:
-        """Write `frame` as the next part of `table` (atomically); returns the part's path."""
+    def append(self, table: str, frame: pd.DataFrame, generation: int = 0,
+               log: dict[str, Any] | None = None) -> Path | None:
+        """Write `frame` as the next part of `table` (atomically); returns the part's path.
+
+        `log` (`stage=...` and its numbers) is this chunk's ledger line. It is written into the part's
+        own metadata as well, so a kill between the part and the ledger line loses nothing: the part
+        and its accounting land together, and `ledger()` restores a line a kill kept out of the file.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         if frame.empty:
             return None
         folder = self.table_dir(table, generation)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = _tmp_name(folder / "part.parquet")
-        frame.reset_index(drop=True).to_parquet(tmp, index=False)
+        arrow = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+        entry = None
+        if log is not None:
+            entry = _ledger_entry(**log)
+            arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
+                                                   _LEDGER_KEY: json.dumps(entry, default=str).encode()})
+        pq.write_table(arrow, tmp)
         while True:
             existing = self.parts(table, generation)
             number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
@@ -149,6 +170,8 @@ class Run:
                 os.replace(tmp, path)
                 break
         tmp.unlink(missing_ok=True)
+        if entry is not None:
+            self._write_ledger_line({**entry, "part": str(path.relative_to(self.path))})
         self._write_manifest()
         return path
 
@@ -193,8 +216,11 @@ class Run:
 
     # ------------------------------------------------------------------ ledger
     def log(self, stage: str, **fields: Any) -> None:
-        """Append one ledger line (a whole line per write, so a kill cannot split one)."""
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage": stage, **fields}
+        """Append one ledger line (a whole line per write, so a kill cannot split one). For a chunk that
+        writes a part, pass the line as `append(..., log=...)` instead: then a kill cannot lose it."""
+        self._write_ledger_line(_ledger_entry(stage, **fields))
+
+    def _write_ledger_line(self, entry: dict) -> None:
         line = (json.dumps(entry, default=str) + "\n").encode()
         file = self.path / "ledger.jsonl"
         if file.exists() and file.stat().st_size:
@@ -209,15 +235,31 @@ class Run:
             os.close(fd)
 
     def ledger(self) -> pd.DataFrame:
+        """The ledger's lines, plus (marked `restored`) the lines of parts a kill left unlogged: a part that
+        carries its line (see `append`) and has none in ledger.jsonl was written just before a kill."""
+        import pyarrow.parquet as pq
+
         file = self.path / "ledger.jsonl"
-        if not file.exists():
-            return pd.DataFrame()
         rows = []
-        for line in file.read_text().splitlines():
+        for line in (file.read_text().splitlines() if file.exists() else []):
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                continue  # a line cut by a kill: its chunk is redone and logged again
+                continue  # a line cut by a kill: restored from its part below
+        logged = {row.get("part") for row in rows}
+        restored = []
+        for part in sorted(self.path.glob("gen-[0-9][0-9][0-9]/**/part-*.parquet")):
+            name = str(part.relative_to(self.path))
+            if name in logged:
+                continue
+            try:
+                carried = (pq.read_schema(part).metadata or {}).get(_LEDGER_KEY)
+            except Exception:  # noqa: BLE001 - an unreadable part is reported by read(), not here
+                continue
+            if carried:
+                restored.append({**json.loads(carried), "part": name, "restored": True})
+        if restored:
+            rows = sorted(rows + restored, key=lambda row: row.get("time", ""))  # stable: same-second order kept
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ summary

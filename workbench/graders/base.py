@@ -56,12 +56,12 @@ def grade(samples: pd.DataFrame, graders: Sequence, run=None, generation: int = 
         if len(todo):
             started = time.perf_counter()
             scores = _checked(grader, grader.score(todo), todo)
-            run.append(table, pd.DataFrame({"sample_id": todo["sample_id"].to_numpy(),
-                                            "score": scores.to_numpy(dtype=float)}), generation)
             seconds = time.perf_counter() - started
-            run.log("grade", generation=generation, grader=grader.name, items=len(todo), seconds=round(seconds, 3),
-                    items_per_s=round(len(todo) / max(seconds, 1e-9), 2), nan=int(scores.isna().sum()),
-                    **({"method": grader.method_} if hasattr(grader, "method_") else {}))
+            run.append(table, pd.DataFrame({"sample_id": todo["sample_id"].to_numpy(),
+                                            "score": scores.to_numpy(dtype=float)}), generation, log=dict(
+                stage="grade", generation=generation, grader=grader.name, items=len(todo),
+                seconds=round(seconds, 3), items_per_s=round(len(todo) / max(seconds, 1e-9), 2),
+                nan=int(scores.isna().sum()), **({"method": grader.method_} if hasattr(grader, "method_") else {})))
             known.update(zip(todo["sample_id"], scores.to_numpy(dtype=float)))
         out[column] = samples["sample_id"].map(known).astype(float).to_numpy()
     return out
