@@ -176,10 +176,8 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
         raise InputDataError("quantize='int8' needs the fast engine.", "Drop quantize, or use a Llama-family model.")
     engine_name = "fast" if use_fast else "hf"
 
-    setup = {"model": loaded.name, "dtype": loaded.dtype, "quantize": quantize, "engine": engine_name,
-             **asdict(params), "prompts": len(prompts), "prompt_set": _hash(list(prompts["prompt_id"]),
-                                                                             list(prompts["prompt"]))[:16]}
-    run, done = _open_run(run, prompts, setup, generation)
+    run, done = _open_run(run, prompts, {"model": loaded.name, "dtype": loaded.dtype, "quantize": quantize,
+                                         "engine": engine_name}, params, generation)
 
     tokenizer = loaded.tokenizer
     budget = loaded.context_length - max_new_tokens
@@ -193,13 +191,10 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
         if was_truncated:
             prompt_ids = prompt_ids[-budget:]  # keep the end: it holds the question and the assistant turn
         for index in range(n_per_prompt):
-            sample_id = _hash(loaded.name, loaded.dtype, quantize, prompt["prompt"], bool(prompt["chat"]),
-                              params.temperature, params.top_p, params.top_k, max_new_tokens, system_prompt,
-                              seed, index)[:20]
+            sample_id, sample_seed = _sample_identity((loaded.name, loaded.dtype, quantize), params, prompt, index)
             if sample_id in done:
                 continue
             truncated += was_truncated
-            sample_seed = int(_hash(seed, prompt["prompt_id"], index)[:15], 16)
             requests.append(fast.Request(len(rows), prompt_ids, sample_seed, max_new_tokens))
             rows.append({**prompt, "sample_id": sample_id, "sample_index": index, "n_prompt_tokens": len(prompt_ids),
                          "prompt_truncated": was_truncated, "seed": seed, "sample_seed": sample_seed})
@@ -208,9 +203,7 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
                       f"{loaded.context_length} - max_new_tokens {max_new_tokens}); kept their last {budget} "
                       "tokens. The ledger counts them (truncated_prompts).", stacklevel=2)
 
-    constant = {"model": loaded.name, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                "max_new_tokens": max_new_tokens, "system_prompt": system_prompt, "dtype": loaded.dtype,
-                "quantize": quantize, "engine": engine_name}
+    constant = _constant_columns(loaded.name, params, loaded.dtype, quantize, engine_name)
     stops = stop_token_ids(tokenizer, loaded.model)
     if use_fast:
         import torch
@@ -230,16 +223,35 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
     return _result(new_rows, run, generation, _shard(prompts, shard))
 
 
-def _open_run(run, prompts: pd.DataFrame, setup: dict, generation: int):
-    """The run (or None) and the sample ids it already holds; refuses a run made by other settings."""
+def _open_run(run, prompts: pd.DataFrame, model_setup: dict, params: SamplingParams, generation: int):
+    """The run (or None) and the sample ids it already holds; refuses a run made by other settings
+    (`model_setup`: what identifies the model and engine, recorded with the sampling params and prompts)."""
     if run is None:
         return None, set()
     from .store import Run
 
     run = run if isinstance(run, Run) else Run(run)
+    setup = {**model_setup, **asdict(params), "prompts": len(prompts),
+             "prompt_set": _hash(list(prompts["prompt_id"]), list(prompts["prompt"]))[:16]}
     tasks = sorted(set(prompts["task"])) if "task" in prompts.columns else ["prompts"]
     run.check_config(f"generate:{'+'.join(map(str, tasks))}:gen-{generation:03d}", setup)
     return run, run.sample_ids("samples", generation)
+
+
+def _sample_identity(model_key: tuple, params: SamplingParams, prompt: dict, index: int) -> tuple[str, int]:
+    """A sample's id (hash of the model, the prompt, the sampling params, the base seed and the index: what a
+    rerun matches to skip finished samples) and its own seed (from the base seed, prompt_id and index).
+    One scheme for the embedded engine and every backend; `model_key` is what names the model there."""
+    sample_id = _hash(*model_key, prompt["prompt"], bool(prompt["chat"]), params.temperature, params.top_p,
+                      params.top_k, params.max_new_tokens, params.system_prompt, params.seed, index)[:20]
+    return sample_id, int(_hash(params.seed, prompt["prompt_id"], index)[:15], 16)
+
+
+def _constant_columns(model: str, params: SamplingParams, dtype, quantize, engine: str) -> dict:
+    """The columns every row of one generate() call shares."""
+    return {"model": model, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
+            "max_new_tokens": params.max_new_tokens, "system_prompt": params.system_prompt, "dtype": dtype,
+            "quantize": quantize, "engine": engine}
 
 
 def _shard(prompts: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
@@ -321,26 +333,18 @@ def _generate_with_backend(prompts: pd.DataFrame, backend, params: SamplingParam
     """generate() over a request/response backend (OpenAI-compatible server, llama.cpp): same rows, same run."""
     from .backends import Request
 
-    setup = {**backend.settings(), **asdict(params), "prompts": len(prompts),
-             "prompt_set": _hash(list(prompts["prompt_id"]), list(prompts["prompt"]))[:16]}
-    run, done = _open_run(run, prompts, setup, generation)
+    run, done = _open_run(run, prompts, backend.settings(), params, generation)
     rows, requests = [], []
     for prompt in _shard(prompts, shard).to_dict("records"):
         for index in range(params.n_per_prompt):
-            sample_id = _hash(backend.name, backend.engine, None, prompt["prompt"], bool(prompt["chat"]),
-                              params.temperature, params.top_p, params.top_k, params.max_new_tokens,
-                              params.system_prompt, params.seed, index)[:20]
+            sample_id, sample_seed = _sample_identity((backend.name, backend.engine, None), params, prompt, index)
             if sample_id in done:
                 continue
-            sample_seed = int(_hash(params.seed, prompt["prompt_id"], index)[:15], 16)
             requests.append(Request(len(rows), prompt["prompt"], bool(prompt["chat"]), params.system_prompt,
                                     sample_seed, params.max_new_tokens, params.temperature, params.top_p, params.top_k))
             rows.append({**prompt, "sample_id": sample_id, "sample_index": index, "prompt_truncated": False,
                          "seed": params.seed, "sample_seed": sample_seed})
-    constant = {"model": backend.name, "temperature": params.temperature, "top_p": params.top_p,
-                "top_k": params.top_k, "max_new_tokens": params.max_new_tokens,
-                "system_prompt": params.system_prompt, "dtype": backend.engine, "quantize": None,
-                "engine": backend.engine}
+    constant = _constant_columns(backend.name, params, backend.engine, None, backend.engine)
     new_rows = _collect(run_requests(backend, requests), rows, constant, None, run, generation, requests,
                         checkpoint_every, backend=backend)
     return _result(new_rows, run, generation, _shard(prompts, shard))

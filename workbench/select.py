@@ -79,16 +79,12 @@ class Selection:
 
     def save(self, run, generation: int = 0) -> None:
         """Write `selection.parquet` (with the parameters as JSON in its metadata) into the generation folder."""
-        import json
-
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from .store import atomic_write_bytes
+        from .store import arrow_table, atomic_write_bytes
 
-        table = pa.Table.from_pandas(self.to_frame(), preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               b"workbench_selection": json.dumps(self.params, default=str).encode()})
+        table = arrow_table(self.to_frame(), {b"workbench_selection": self.params})
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer)
         atomic_write_bytes(run.path / f"gen-{generation:03d}" / "selection.parquet", buffer.getvalue().to_pybytes())

@@ -57,6 +57,18 @@ def _stale(tmp: Path) -> bool:
     return False
 
 
+def arrow_table(frame: pd.DataFrame, json_metadata: dict[bytes, Any] | None = None):
+    """`frame` as an Arrow table (no index) with each `json_metadata` value stored as JSON under its key
+    in the parquet schema metadata (a part's ledger line, a selection's parameters)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if json_metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{
+            key: json.dumps(value, default=str).encode() for key, value in json_metadata.items()}})
+    return table
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
@@ -138,7 +150,6 @@ class Run:
         own metadata as well, so a kill between the part and the ledger line loses nothing: the part
         and its accounting land together, and `ledger()` restores a line a kill kept out of the file.
         """
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if frame.empty:
@@ -146,13 +157,8 @@ class Run:
         folder = self.table_dir(table, generation)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = _tmp_name(folder / "part.parquet")
-        arrow = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
-        entry = None
-        if log is not None:
-            entry = _ledger_entry(**log)
-            arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
-                                                   _LEDGER_KEY: json.dumps(entry, default=str).encode()})
-        pq.write_table(arrow, tmp)
+        entry = _ledger_entry(**log) if log is not None else None
+        pq.write_table(arrow_table(frame.reset_index(drop=True), {_LEDGER_KEY: entry} if entry else None), tmp)
         while True:
             existing = self.parts(table, generation)
             number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0

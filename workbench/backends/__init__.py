@@ -79,6 +79,18 @@ class Backend:
         pass
 
 
+def first_token_top_logprobs(logprobs: dict | None, chat: bool) -> list[tuple[str, float]]:
+    """The first generated token's top alternatives, [(token, logprob), ...], from an OpenAI-style `logprobs`
+    as plain dicts (chat: content[0].top_logprobs; text completion: top_logprobs[0]); [] when absent."""
+    if not logprobs:
+        return []
+    if chat:
+        content = logprobs.get("content") or []
+        return [(t["token"], float(t["logprob"])) for t in content[0].get("top_logprobs") or []] if content else []
+    top = logprobs.get("top_logprobs") or []
+    return [(token, float(value)) for token, value in (top[0] or {}).items()] if top else []
+
+
 BACKEND_PREFIXES = ("openai:", "llamacpp:")
 
 
@@ -90,7 +102,7 @@ def get_backend(model) -> Backend:
     """A Backend from a Backend (returned as is) or a spec string (see the module docstring)."""
     if isinstance(model, Backend):
         return model
-    if not isinstance(model, str) or not model.startswith(BACKEND_PREFIXES):
+    if not is_backend_spec(model):
         raise ModelSpecError(f"{model!r} is not a backend spec.",
                              "Use 'openai:MODEL@URL', 'openai:MODEL' or 'llamacpp:PATH.gguf'.")
     kind, _, rest = model.partition(":")

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from ..errors import ModelSpecError
-from . import Backend, BackendError, Completion, Request
+from . import Backend, BackendError, Completion, Request, first_token_top_logprobs
 
 
 def gguf_path(spec: str) -> Path:
@@ -95,22 +95,12 @@ class LlamaCppBackend(Backend):
         return Completion(request.key, text or "", int(usage.get("prompt_tokens", 0)),
                           int(usage.get("completion_tokens", 0)),
                           "length" if choice.get("finish_reason") == "length" else "stop", 0,
-                          _top_logprobs(choice.get("logprobs"), request.chat))
+                          first_token_top_logprobs(choice.get("logprobs"), request.chat))
 
     def close(self) -> None:
         for llm in self._llm.values():
             llm.close()
         self._llm.clear()
-
-
-def _top_logprobs(logprobs, chat: bool) -> list:
-    if not logprobs:
-        return []
-    if chat:
-        content = logprobs.get("content") or []
-        return [(t["token"], float(t["logprob"])) for t in content[0].get("top_logprobs") or []] if content else []
-    top = logprobs.get("top_logprobs") or []
-    return [(token, float(value)) for token, value in (top[0] or {}).items()] if top else []
 
 
 def _cached_sha(path: Path, sha256_file) -> str:

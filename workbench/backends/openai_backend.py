@@ -16,7 +16,7 @@ import random
 import threading
 import time
 
-from . import Backend, BackendError, Completion, Request
+from . import Backend, BackendError, Completion, Request, first_token_top_logprobs
 
 # USD per 1M (input, output) tokens, for the ledger's cost estimate. Hosted prices change: extend or
 # override with OpenAIBackend(prices={...}); self-hosted servers are costed per GPU hour by the loop.
@@ -28,6 +28,8 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 LOCAL_KEY = "not-needed"  # local servers (llama.cpp, vLLM without --api-key) accept any key
+NOT_AN_OPENAI_SERVER = ("Check that base_url points at the /v1 root of an OpenAI-compatible server (not a web page "
+                        "or a proxy's error page).")
 
 
 def flag(text: str) -> bool:
@@ -112,8 +114,8 @@ class OpenAIBackend(Backend):
                 try:
                     import openai
                 except ImportError as exc:
-                    raise BackendError("The openai backend needs the `openai` package.",
-                                       "pip install openai (or pip install -e '.[serve]').") from exc
+                    raise BackendError("The openai backend needs the `openai` package (a core dependency).",
+                                       "pip install openai, or reinstall the workbench: pip install -e .") from exc
                 key = os.environ.get(self.api_key_env)
                 if not key and not self.base_url:
                     raise BackendError(f"No API key: ${self.api_key_env} is not set.",
@@ -184,12 +186,10 @@ class OpenAIBackend(Backend):
                                    _status_fix(exc.status_code, self)) from None
             except openai.APIResponseValidationError as exc:
                 raise BackendError(f"{self.where} sent a response that is not an OpenAI completion: "
-                                   f"{_short(str(exc))}", "Check that base_url points at the /v1 root of an "
-                                   "OpenAI-compatible server.") from None
+                                   f"{_short(str(exc))}", NOT_AN_OPENAI_SERVER) from None
             except ValueError as exc:  # a body that is not JSON
                 raise BackendError(f"{self.where} sent a response that is not JSON ({_short(str(exc))}).",
-                                   "Check that base_url points at the /v1 root of an OpenAI-compatible "
-                                   "server (not a web page or a proxy error page).") from None
+                                   NOT_AN_OPENAI_SERVER) from None
 
     def _backoff(self, attempt: int, exc) -> float:
         wait = random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
@@ -204,8 +204,7 @@ class OpenAIBackend(Backend):
         if isinstance(response, (str, bytes)) or not hasattr(response, "choices"):
             # the client hands back a non-JSON body (an HTML error page, a proxy's text) as is
             raise BackendError(f"{self.where} sent a response that is not JSON, not an OpenAI completion: "
-                               f"{_short(str(response))}", "Check that base_url points at the /v1 root of an "
-                               "OpenAI-compatible server (not a web page or a proxy's error page).")
+                               f"{_short(str(response))}", NOT_AN_OPENAI_SERVER)
         choices = getattr(response, "choices", None)
         if not choices:
             raise BackendError(f"{self.where} returned a completion without choices for model {self.model!r}: "
@@ -220,7 +219,7 @@ class OpenAIBackend(Backend):
         finish = "length" if choice.finish_reason == "length" else "stop"
         return Completion(request.key, text, int(getattr(usage, "prompt_tokens", 0) or 0),
                           int(getattr(usage, "completion_tokens", 0) or 0), finish, retries,
-                          _first_top_logprobs(choice, request.chat))
+                          first_token_top_logprobs(_plain(getattr(choice, "logprobs", None)), request.chat))
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         price = self.prices.get(self.model)
@@ -229,15 +228,9 @@ class OpenAIBackend(Backend):
         return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
 
 
-def _first_top_logprobs(choice, chat: bool) -> list:
-    logprobs = getattr(choice, "logprobs", None)
-    if logprobs is None:
-        return []
-    if chat:
-        content = getattr(logprobs, "content", None) or []
-        return [(t.token, float(t.logprob)) for t in (content[0].top_logprobs or [])] if content else []
-    top = getattr(logprobs, "top_logprobs", None) or []
-    return [(token, float(value)) for token, value in (top[0] or {}).items()] if top else []
+def _plain(value):
+    """The client's response models as plain dicts (what llama-cpp-python returns in-process)."""
+    return value.model_dump() if hasattr(value, "model_dump") else value
 
 
 def _short(text: str, limit: int = 300) -> str:
