@@ -45,7 +45,7 @@ def main(rows_list=(10_000, 100_000), moves: int = 15) -> int:
         results[f"rows_{rows}"] = {"build_seconds": round(build, 2), "median_ms": round(1000 * statistics.median(timings), 1),
                                    "max_ms": round(1000 * max(timings), 1), "target_ms": 1000 * target,
                                    "meets_target": statistics.median(timings) < target,
-                                   "accepted_at_end": int(explorer.accepted.sum())}
+                                   "accepted_at_end": int(explorer.accepted_mask.sum())}
     emit({"benchmark": "explorer", "machine": machine_info(), "results": results}, "explorer")
     return 0
 

@@ -83,7 +83,7 @@ def run_naive_hf(args, batch_size: int) -> dict:
     """Plain HF generate in fp32 on left-padded chat-templated batches."""
     import torch
 
-    from workbench.generation import encode_prompt, stop_token_ids
+    from workbench.sampling import encode_prompt, stop_token_ids
     from workbench.models import load_model
 
     started = time.perf_counter()
@@ -133,7 +133,7 @@ def run_naive_hf(args, batch_size: int) -> dict:
 
 
 def run_fast(args, batch_size: int, quantize: str | None) -> dict:
-    from workbench.generation import generate
+    from workbench.sampling import generate
     from workbench.models import load_model
 
     started = time.perf_counter()
@@ -240,7 +240,7 @@ def nll_check(args, lm) -> dict:
 
 
 def greedy_check(args, lm) -> dict:
-    from workbench.generation import generate
+    from workbench.sampling import generate
 
     prompts = instruction_prompts(args.greedy_prompts)
     common = dict(model=lm, temperature=0.0, max_new_tokens=args.greedy_tokens, batch_size=args.greedy_prompts,

@@ -86,5 +86,5 @@ def run_experiment(name: str, make_configs, columns: list[str], doc: str, extra=
     frame = run_arms(configs, say=lambda text: print(text, flush=True))
     table = frame[[c for c in columns if c in frame.columns]]
     write(name, frame, table, args, started,
-          extra={**(extra(frame) if extra else {}), "configs": {arm: vars(c) for arm, c in configs.items()}})
+          extra={**(extra(frame) if extra else {}), "configs": {arm: c.to_record() for arm, c in configs.items()}})
     return 0

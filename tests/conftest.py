@@ -12,6 +12,34 @@ import pytest
 os.environ.setdefault("WORKBENCH_PROGRESS", "lines")
 
 
+def make_graded(n: int, seed: int, *, heuristics: bool = False, nan_judge=()):
+    """A random graded table (one row per sample, `score__*` columns) for the selection and explorer tests:
+    4 samples per prompt; judge scores uniform in [0, 1), verifier 0/1, with `heuristics` uniform in
+    [0.5, 1); the judge score is NaN at the row positions `nan_judge`."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "sample_id": [f"s{i}" for i in range(n)],
+        "prompt_id": [f"p{i // 4}" for i in range(n)],
+        "prompt": [f"question {i // 4}" for i in range(n)],
+        "completion": [f"answer {i % 53} with words w{i % 17} w{i % 5}" for i in range(n)],
+        "score__judge": rng.uniform(size=n),
+    })
+    if heuristics:
+        frame["score__heuristics"] = rng.uniform(0.5, 1.0, size=n)
+    frame["score__verifier"] = rng.integers(0, 2, size=n).astype(float)
+    frame.loc[list(nan_judge), "score__judge"] = np.nan
+    return frame
+
+
+@pytest.fixture(name="make_graded")
+def make_graded_fixture():
+    """`make_graded` (above) for test files: `def graded(make_graded): return make_graded(200, seed=0)`."""
+    return make_graded
+
+
 @pytest.fixture(scope="session")
 def real_model_dir():
     from workbench.models import pull

@@ -3,13 +3,10 @@ GGUF on loopback), and the in-process llama.cpp backend. `make test` installs ll
 from a wheel it builds once and caches (see Makefile: llamacpp)."""
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from openai_proxy import RecordingProxy

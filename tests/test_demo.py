@@ -1,7 +1,6 @@
 """The main job at smoke size on the real embedded model: every stage runs and leaves its files."""
-import pandas as pd
-
 from workbench.demo import main
+from workbench.select import Selection
 from workbench.store import Run
 
 
@@ -20,8 +19,12 @@ def test_demo_smoke(tmp_path, capsys, real_model_dir):
     run = Run(tmp_path / "demo")
     samples = run.read("samples")
     assert len(samples) == 16 and samples["sample_id"].is_unique
-    selection = pd.read_parquet(run.path / "gen-000" / "selection.parquet")
-    assert set(selection["sample_id"]) == set(samples["sample_id"])
+    assert run.selections(0) == ["arithmetic+instructions+corpus"]  # one combined selection, keyed by its tasks
+    selection = Selection.load(run, 0)
+    assert set(selection.sample_ids) == set(samples["sample_id"])
+    # its saved policies reproduce it from the run's graded table
+    again = selection.reapply(run.graded())
+    assert set(again.sample_ids[again.mask]) == set(selection.sample_ids[selection.mask])
     for grader in ("verifier", "judge", "perplexity", "heuristics", "realism", "novelty_vs_seeds"):
         assert len(run.read(f"scores/{grader}")) > 0, grader
     # a second run reuses everything: no new parts, no new ledger entries for generation or grading

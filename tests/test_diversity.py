@@ -14,8 +14,8 @@ PAIR = ["a b a b", "a b c"]  # unigrams a b a b | a b c; bigrams ab ba ab | ab b
 def test_hand_worked_values():
     assert dv.distinct_n(PAIR, 1) == pytest.approx(3 / 7)
     assert dv.distinct_n(PAIR, 2) == pytest.approx(3 / 5)
-    p = np.array([0.6, 0.2, 0.2])  # ab x3, ba x1, bc x1
-    assert dv.ngram_entropy(PAIR, 2) == pytest.approx(-(p * np.log2(p)).sum())
+    # ab x3, ba x1, bc x1: -(0.6 log2 0.6 + 2 * 0.2 log2 0.2) = 0.6 * 0.73697 + 0.4 * 2.32193 = 1.37095 bits
+    assert dv.ngram_entropy(PAIR, 2) == pytest.approx(1.37095, abs=1e-5)
     # each text shares one bigram occurrence (ab) with the other text: log(1 + 1) each
     assert dv.self_repetition(PAIR, 2) == pytest.approx(math.log(2))
     assert dv.tokenize("Hello, World!") == ["hello", ",", "world", "!"]
@@ -28,12 +28,13 @@ def test_bleu_hand_worked():
     # precisions 5/6, 3/5, 2/4, 1/3 (the, cat, sat, on, mat | the cat, cat sat, sat on | ...); same length
     expected = math.exp((math.log(5 / 6) + math.log(3 / 5) + math.log(2 / 4) + math.log(1 / 3)) / 4)
     assert dv._bleu(hyp, ref) == pytest.approx(expected)
-    # shorter hypothesis: brevity penalty exp(1 - r/c); no 4-gram match: epsilon 0.1 for it
-    short = dv.tokenize("the cat sat")
-    expected = math.exp(1 - 6 / 3) * math.exp((math.log(1) + math.log(1) + math.log(1) + math.log(0.1)) / 4)
-    assert dv._bleu(short, ref) == pytest.approx(0.0)  # 3 tokens have no 4-gram at all: BLEU-4 is 0
+    # no 4-gram match: epsilon 0.1 replaces the zero count. "the cat ran on the mat": unigrams 5/6 (all but
+    # ran), bigrams 3/5 (the cat, on the, the mat), trigrams 1/4 (on the mat), 4-grams 0.1/3; same length:
+    # BLEU = (5/6 * 3/5 * 1/4 * 0.1/3) ** (1/4) = (1/240) ** (1/4) = 0.25407
+    assert dv._bleu(dv.tokenize("the cat ran on the mat"), ref) == pytest.approx(0.25407, abs=1e-5)
+    # shorter hypothesis: brevity penalty exp(1 - r/c); all its n-grams match
+    assert dv._bleu(dv.tokenize("the cat sat"), ref) == pytest.approx(0.0)  # no 4-gram at all: BLEU-4 is 0
     assert dv._bleu(dv.tokenize("the cat sat on"), ref) == pytest.approx(math.exp(1 - 6 / 4))
-    assert expected > 0
 
 
 def test_self_bleu_interval():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from workbench.engine import LlamaEngine, Request, sample_tokens, supports, uniforms
-from workbench.generation import encode_prompt, stop_token_ids
+from workbench.sampling import encode_prompt, stop_token_ids
 
 PROMPTS = ["What is 12+7?", "Write a haiku about the sea.", "Name three colors.", "Hi"]
 

@@ -6,7 +6,7 @@ import pytest
 
 from workbench import Run
 from workbench.errors import InputDataError, RunConfigError
-from workbench.generation import SAMPLE_COLUMNS, generate
+from workbench.sampling import SAMPLE_COLUMNS, generate
 from workbench.tasks import get_task
 
 FAST = dict(max_new_tokens=12, batch_size=4)

@@ -5,7 +5,7 @@ import pytest
 
 from workbench import Run
 from workbench.errors import InputDataError
-from workbench.generation import generate
+from workbench.sampling import generate
 from workbench.graders import (Heuristics, Novelty, Perplexity, Realism, RewardModel, SelfJudge, Verifier, grade,
                                parse_final_number)
 from workbench.tasks import get_task
@@ -64,7 +64,7 @@ def test_judge_on_tiny_matches_a_direct_forward(tiny, tiny_samples):
 def test_perplexity_matches_a_direct_forward(tiny, tiny_samples):
     import torch
 
-    from workbench.generation import encode_prompt
+    from workbench.sampling import encode_prompt
 
     scores = Perplexity(model=tiny).score(tiny_samples)
     prompt_ids = encode_prompt(tiny.tokenizer, tiny_samples["prompt"][1], True, None)

@@ -15,6 +15,7 @@ import yaml
 from workbench.errors import InputDataError, RunConfigError
 from workbench.loop import LoopConfig, history, run
 from workbench.metrics.collapse import collapse_flags
+from workbench.select import Selection
 from workbench.store import Run
 
 
@@ -37,7 +38,8 @@ def test_loop_runs_every_stage_and_records_it(tiny_model_dir, tmp_path):
         folder = loop_run.path / f"gen-{generation:03d}"
         samples = loop_run.read("samples", generation)
         assert len(samples) == 24 and samples["sample_id"].is_unique
-        selection = pd.read_parquet(folder / "selection.parquet")
+        assert loop_run.selections(generation) == ["arithmetic"]  # gen-00g/selections/arithmetic.parquet
+        selection = Selection.load(loop_run, generation).to_frame()
         assert selection["sample_id"].tolist() == samples["sample_id"].tolist()
         training = pd.read_parquet(folder / "train_set.parquet")
         assert (training["source"] == "real").sum() == round(0.2 / 0.8 * selection["accepted"].sum())
@@ -64,7 +66,7 @@ def test_rerun_with_other_settings_is_refused(tiny_model_dir, tmp_path):
 
 
 def test_bad_configs_say_what_is_wrong(tmp_path):
-    with pytest.raises(InputDataError, match="Unknown loop config"):
+    with pytest.raises(InputDataError, match="generatoins: unknown key"):
         LoopConfig.from_dict({"generatoins": 3})
     with pytest.raises(InputDataError, match="grader"):
         LoopConfig.from_dict({"graders": ["oracle"]})

@@ -1,7 +1,7 @@
 """The real embedded SmolLM2-135M-Instruct: samples are real, stop at end-of-turn, reproduce by seed."""
 import pytest
 
-from workbench.generation import generate
+from workbench.sampling import generate
 from workbench.tasks import get_task
 
 

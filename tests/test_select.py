@@ -9,18 +9,8 @@ from workbench.select import accept, exact_duplicates, near_duplicates_embedding
 
 
 @pytest.fixture
-def graded():
-    rng = np.random.default_rng(0)
-    n = 200
-    frame = pd.DataFrame({
-        "sample_id": [f"s{i}" for i in range(n)],
-        "prompt_id": [f"p{i // 4}" for i in range(n)],
-        "completion": [f"answer number {i % 37} for prompt {i // 4}" for i in range(n)],
-        "score__judge": rng.uniform(size=n),
-        "score__verifier": rng.integers(0, 2, size=n).astype(float),
-    })
-    frame.loc[[3, 50, 120], "score__judge"] = np.nan
-    return frame
+def graded(make_graded):  # tests/conftest.py
+    return make_graded(200, seed=0, nan_judge=[3, 50, 120])
 
 
 def test_thresholds_and_nan(graded):
@@ -50,7 +40,7 @@ def test_target_rate_top1_cap(graded):
 
 def test_empty_selection_is_valid_with_a_message(graded):
     selection = accept(graded, thresholds={"judge": 2.0})
-    assert selection.n_accepted == 0 and selection.accepted(graded).empty
+    assert selection.n_accepted == 0 and selection.accepted_rows(graded).empty
     assert "threshold:judge" in selection.message and "Lower" in selection.message
 
 
@@ -103,6 +93,6 @@ def test_schedule_and_save(graded, tmp_path):
 
     import pyarrow.parquet as pq
 
-    table = pq.read_table(run.path / "gen-000" / "selection.parquet")
-    assert json.loads(table.schema.metadata[b"workbench_selection"])["thresholds"] == {"judge": 0.5}
+    table = pq.read_table(run.path / "gen-000" / "selections" / "all.parquet")  # no task column: "all"
+    assert json.loads(table.schema.metadata[b"workbench_selection"])["policy"]["thresholds"] == {"judge": 0.5}
     assert table.to_pandas()["accepted"].sum() == selection.n_accepted

@@ -80,6 +80,23 @@ def test_prompt_files_all_formats(tmp_path):
     assert list(frames[0]["prompt_id"]) == list(frames[1]["prompt_id"])  # content-addressed
 
 
+def test_prompt_files_drop_missing_and_empty_prompts_with_a_count(tmp_path):
+    # a JSON null prompt used to reach the hashing of prompt ids and fail there with an AttributeError
+    rows = [{"prompt": "a?"}, {"prompt": None}, {"prompt": "b?"}]
+    (tmp_path / "nulls.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "blanks.csv").write_text("prompt,reference\na?,1\n,2\nb?,3\n")
+    pd.DataFrame({"prompt": ["a?", None, "b?"]}).to_parquet(tmp_path / "nulls.parquet")
+    frames = []
+    for name, missing in [("nulls.jsonl", 1), ("blanks.csv", 0), ("nulls.parquet", 1)]:
+        with pytest.warns(UserWarning, match=rf"Dropped 1 of 3 row\(s\) .*{name}.*\({missing} missing\)"):
+            frames.append(get_task(str(tmp_path / name)))
+    for frame in frames:
+        assert list(frame["prompt"]) == ["a?", "b?"] and list(frame["prompt_id"]) == list(frames[0]["prompt_id"])
+    (tmp_path / "all_null.jsonl").write_text('{"prompt": null}\n{"prompt": null}\n')
+    with pytest.raises(InputDataError, match="Every prompt .* is empty or missing"):
+        get_task(str(tmp_path / "all_null.jsonl"))
+
+
 @pytest.mark.parametrize("name, content, needle", [
     ("noprompt.jsonl", b'{"text": "hi"}\n', "no 'prompt' column"),
     ("empty.jsonl", b"", "is empty"),

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from workbench.errors import InputDataError
-from workbench.train import (TrainConfig, _batch_loss, _micro_batches, finetune, length_buckets, mix, parse_mix,
+from workbench.train import (_batch_loss, _micro_batches, finetune, length_buckets, mix, parse_mix,
                              real_examples, tokenize_examples)
 
 
@@ -55,20 +55,25 @@ def test_length_buckets_cover_every_row_once_within_budget():
 def test_gradient_accumulation_gives_the_same_gradient(tiny):
     import torch
 
+    import copy
+
     rows = tokenize_examples(examples(6), tiny.tokenizer)
     n_targets = sum(len(ids) - n for ids, n in rows)
+    # float64: the identity is exact math; in fp32 the two summation orders differ by ~1e-4 relative on some
+    # CPUs (seen on an AMD EPYC), which says nothing about the accumulation
+    model = copy.deepcopy(tiny.model).double()
 
     def gradient(budget):
-        tiny.model.zero_grad()
+        model.zero_grad()
         for piece in _micro_batches(rows, budget):
-            loss, count = _batch_loss(tiny.model, piece, "cpu", tiny.tokenizer.pad_token_id)
+            loss, count = _batch_loss(model, piece, "cpu", tiny.tokenizer.pad_token_id)
             (loss * count / n_targets).backward()
-        grad = torch.cat([p.grad.flatten() for p in tiny.model.parameters() if p.grad is not None]).clone()
-        tiny.model.zero_grad()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
+        model.zero_grad()
         return grad
 
     assert len(_micro_batches(rows, 40)) > 1
-    assert torch.allclose(gradient(10_000), gradient(40), atol=1e-6, rtol=1e-4)
+    assert torch.allclose(gradient(10_000), gradient(40), atol=1e-12, rtol=1e-9)
 
 
 def test_full_finetune_learns_and_writes_a_loadable_checkpoint(tiny, tmp_path):
@@ -147,7 +152,7 @@ def test_real_examples_from_a_task():
 def test_real_model_learns_answers_and_to_stop(real, tmp_path):
     """Full fine-tune of the embedded model on 4 verified answers: afterwards greedy decoding gives
     exactly those answers and ends its turn (the end-of-turn token was trained)."""
-    from workbench.generation import generate
+    from workbench.sampling import generate
     from workbench.graders import Verifier
     from workbench.models import load_model
     from workbench.tasks import get_task
@@ -165,7 +170,7 @@ def test_real_model_learns_answers_and_to_stop(real, tmp_path):
 def test_training_panel_on_the_explorer_selection(tiny, tiny_model_dir, tmp_path):
     """The panel's button trains on exactly the explorer's accepted rows, the live loss plot gets one
     point per step, the progress bar reaches the end, and before/after tables are filled."""
-    from workbench.generation import generate
+    from workbench.sampling import generate
     from workbench.graders import Heuristics, Verifier, grade
     from workbench.tasks import get_task
     from workbench.training_panel import TrainingPanel
@@ -187,7 +192,7 @@ def test_training_panel_on_the_explorer_selection(tiny, tiny_model_dir, tmp_path
     assert panel._ui["bar"].value == panel._ui["bar"].max == steps
     assert list(panel._ui["loss"].data[0].y) == pytest.approx(panel.result.history["loss"].tolist())
     assert {"heldout_perplexity", "accuracy_strict", "diversity_distinct_2"} <= set(panel.comparison["metric"])
-    assert len(panel.examples) == min(5, graded.loc[explorer.accepted, "prompt"].nunique())
+    assert len(panel.examples) == min(5, graded.loc[explorer.accepted_mask, "prompt"].nunique())
     assert {"before", "after"} <= set(panel.examples.columns)
     empty = TrainingPanel(samples=graded.iloc[:0], model=str(tiny_model_dir), out_dir=tmp_path / "empty")
     empty.widget

@@ -5,18 +5,12 @@ import pytest
 
 from workbench import Run
 from workbench.metrics import diversity as dv
-from workbench.widgets import ThresholdExplorer, graded_table
+from workbench.widgets import ThresholdExplorer
 
 
 @pytest.fixture
-def graded():
-    rng = np.random.default_rng(7)
-    n = 400
-    return pd.DataFrame({
-        "sample_id": [f"s{i}" for i in range(n)], "prompt_id": [f"p{i // 4}" for i in range(n)],
-        "prompt": ["q"] * n, "completion": [f"answer {i % 53} with words w{i % 17} w{i % 5}" for i in range(n)],
-        "score__judge": rng.uniform(size=n), "score__heuristics": rng.uniform(0.5, 1.0, size=n),
-        "score__verifier": rng.integers(0, 2, n).astype(float)})
+def graded(make_graded):  # tests/conftest.py
+    return make_graded(400, seed=7, heuristics=True)
 
 
 def test_sliders_update_mask_figures_and_summary(graded):
@@ -26,7 +20,7 @@ def test_sliders_update_mask_figures_and_summary(graded):
     explorer._ui["sliders"]["judge"].value = 0.6  # what dragging the slider does
     explorer.set_thresholds(heuristics=0.7)
     expected = ((graded["score__judge"] >= 0.6) & (graded["score__heuristics"] >= 0.7)).to_numpy()
-    assert np.array_equal(explorer.accepted, expected)
+    assert np.array_equal(explorer.accepted_mask, expected)
     summary = explorer.summary()
     assert summary["n_accepted"] == expected.sum() and summary["accept_rate"] == pytest.approx(expected.mean())
     accepted_texts = graded.loc[expected, "completion"].tolist()
@@ -43,31 +37,31 @@ def test_sliders_update_mask_figures_and_summary(graded):
 def test_bad_values_show_a_message_and_change_nothing(graded):
     explorer = ThresholdExplorer(graded)
     explorer.widget
-    before = explorer.accepted.copy()
+    before = explorer.accepted_mask.copy()
     for bad in (float("nan"), 5.0, None):
         assert explorer.set_thresholds(judge=bad) is False
-        assert explorer.message and np.array_equal(explorer.accepted, before)
+        assert explorer.message and np.array_equal(explorer.accepted_mask, before)
     assert "outside the scores' range" in explorer._ui["message"].value or "give a number" in explorer._ui["message"].value
     assert explorer.set_thresholds(nonexistent=0.5) is False
     explorer.set_thresholds(judge=explorer.ranges["judge"][1], heuristics=explorer.ranges["heuristics"][1])
     explorer.set_thresholds(judge=explorer.ranges["judge"][1] - 1e-12)
     high = explorer.summary()
     assert high["n_accepted"] <= 1
-    explorer.set_policy("target_rate", target_rate=0.0)
+    explorer.set_mode("target_rate", target_rate=0.0)
     assert explorer.summary()["n_accepted"] == 0 and "No sample passes" in explorer.message
-    assert explorer.set_policy("nonsense") is False
+    assert explorer.set_mode("nonsense") is False
 
 
 def test_policies(graded):
     explorer = ThresholdExplorer(graded)
     explorer.set_thresholds(judge=0.2)
-    explorer.set_policy("top1_of_k")
-    accepted = graded[explorer.accepted]
+    explorer.set_mode("top1_of_k")
+    accepted = graded[explorer.accepted_mask]
     assert accepted["prompt_id"].is_unique
-    explorer.set_policy("target_rate", target_rate=0.25)
+    explorer.set_mode("target_rate", target_rate=0.25)
     assert explorer.summary()["n_accepted"] == int(0.25 * (graded["score__judge"] >= 0.2).sum())
-    explorer.set_policy("thresholds", dedup="exact")
-    texts = graded.loc[explorer.accepted, "completion"].str.lower()
+    explorer.set_mode("thresholds", dedup="exact")
+    texts = graded.loc[explorer.accepted_mask, "completion"].str.lower()
     assert texts.is_unique
 
 
@@ -75,11 +69,11 @@ def test_human_labels_override_store_and_audit(graded, tmp_path):
     run = Run(tmp_path / "r")
     explorer = ThresholdExplorer(graded, run=run, reviewer="ada")
     explorer.set_thresholds(judge=0.5)
-    rejected = graded.index[~explorer.accepted][0]
-    accepted = graded.index[explorer.accepted][0]
+    rejected = graded.index[~explorer.accepted_mask][0]
+    accepted = graded.index[explorer.accepted_mask][0]
     explorer.label(graded.loc[rejected, "sample_id"], "good")
     explorer.label(graded.loc[accepted, "sample_id"], "bad")
-    assert explorer.accepted[rejected] and not explorer.accepted[accepted]
+    assert explorer.accepted_mask[rejected] and not explorer.accepted_mask[accepted]
     assert explorer.rejected_by(accepted) == "human:bad"
     labels = run.read("labels")
     assert list(labels["label"]) == ["good", "bad"] and set(labels["reviewer"]) == {"ada"} and labels["time"].notna().all()
@@ -88,11 +82,12 @@ def test_human_labels_override_store_and_audit(graded, tmp_path):
     # a new explorer on the same run sees the labels
     again = ThresholdExplorer(graded, run=run)
     again.set_thresholds(judge=0.5)
-    assert again.accepted[rejected] and not again.accepted[accepted]
+    assert again.accepted_mask[rejected] and not again.accepted_mask[accepted]
     message = explorer.save_selection()
     assert "Saved" in message
-    saved = pd.read_parquet(run.path / "gen-000" / "selection.parquet")
-    assert saved["accepted"].sum() == explorer.accepted.sum()
+    assert "gen-000/selections/all.parquet" in message  # keyed: the rows have no task column
+    saved = pd.read_parquet(run.selection_path(0, "all"))
+    assert saved["accepted"].sum() == explorer.accepted_mask.sum()
     assert saved.loc[saved["sample_id"] == graded.loc[accepted, "sample_id"], "rejected_by"].item() == "human:bad"
 
 
@@ -100,7 +95,7 @@ def test_graded_table_from_run(tmp_path, graded):
     run = Run(tmp_path / "r")
     run.append("samples", graded.drop(columns=[c for c in graded if c.startswith("score__")]))
     run.append("scores/judge", pd.DataFrame({"sample_id": graded["sample_id"], "score": graded["score__judge"]}))
-    table = graded_table(run)
+    table = run.graded()
     assert np.allclose(table["score__judge"], graded["score__judge"])
     explorer = ThresholdExplorer(run=run)
     assert explorer.graders == ["judge"]

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_model": "models", "LoadedModel": "models", "DEFAULT_MODEL": "models",
-    "generate": "generation", "SamplingParams": "generation",
+    "generate": "sampling", "SamplingParams": "sampling",
     "Run": "store",
     "open_model": "backends", "get_backend": "backends",
     "get_task": "tasks",

@@ -41,7 +41,7 @@ def cmd_models(args) -> int:
 def cmd_generate(args) -> int:
     import pandas as pd
 
-    from .generation import generate
+    from .sampling import generate
     from .store import Run
     from .tasks import get_task
 
@@ -109,25 +109,22 @@ def cmd_loop(args) -> int:
 
 def cmd_finetune(args) -> int:
     """Fine-tune on a parquet/JSONL of examples: the entry point `accelerate launch` runs on each process."""
-    import dataclasses
     import os
 
     import yaml
 
+    from .config import from_fields
     from .tasks.files import read_table
     from .train import TrainConfig, finetune
 
-    examples = read_table(Path(args.data), what="training examples")
-    fields = [f.name for f in dataclasses.fields(TrainConfig)]
-    overrides = {}
+    # each FIELD=VALUE is checked against TrainConfig's field types before any work (`epochs: expected a number`)
+    values = {"method": args.method}
     for item in args.set or []:
         key, _, value = item.partition("=")
-        if key not in fields:
-            print(f"error: unknown TrainConfig field {key!r} (fields: {', '.join(fields)})", file=sys.stderr)
-            return 2
-        overrides[key] = yaml.safe_load(value)
-    result = finetune(examples, model=args.model, config=TrainConfig(method=args.method, **overrides),
-                      out_dir=args.out)
+        values[key] = yaml.safe_load(value)
+    config = from_fields(TrainConfig, values, "")
+    examples = read_table(Path(args.data), what="training examples")
+    result = finetune(examples, model=args.model, config=config, out_dir=args.out)
     if int(os.environ.get("RANK", "0")) == 0:
         stats = result.stats
         print(f"{stats['steps']} steps on {stats['processes']} process(es): loss {stats['first_loss']:.3f} -> "
@@ -188,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     loop = sub.add_parser("loop", help="run (or resume) the self-learning loop from a YAML config")
-    loop.add_argument("config", help="YAML file with workbench.loop.LoopConfig fields (see configs/)")
+    loop.add_argument("config", help="YAML with LoopConfig fields (README: 'Fine-tuning and the self-learning loop')")
     loop.add_argument("--run", help="override the config's run folder (or a name under data/runs/)")
     loop.set_defaults(func=cmd_loop)
 

@@ -19,13 +19,13 @@ import pandas as pd
 from . import loop
 from .embeddings import embed
 from .experiments import self_improvement_configs
-from .generation import generate
+from .sampling import generate
 from .graders import grade
 from .metrics import diversity_report, judge_audit
 from .models import DEFAULT_MODEL, data_dir, load_model
-from .pipeline import POLICIES, default_graders, generation_plan
+from .pipeline import TASK_POLICIES, default_graders, generation_plan
 from . import report as reporting
-from .select import accept, combine
+from .select import accept, combine, score_column, score_columns
 from .store import Run
 
 # the story's sizes, per notebook: the demo runs these stages itself (printing as it goes) and then
@@ -69,15 +69,15 @@ def main(smoke: bool = False, run_dir=None, write_report: bool = True, report_di
             say(f"   prompt:     {_short(row.prompt)}\n   completion: {_short(row.completion)}")
 
     selections, rows = {}, []
-    for task, policy in POLICIES.items():
+    for task, policy in TASK_POLICIES.items():
         stage = time.perf_counter()
         graders = default_graders(task, model, samples_by_task)
         graded = grade(samples_by_task[task], graders, run=run)
-        selection = accept(graded, **policy)
+        selection = accept(graded, policy)
         selections[task] = selection
-        means = {c.removeprefix("score__"): round(float(graded[c].mean()), 3) for c in graded if c.startswith("score__")}
+        means = {name: round(float(graded[column].mean()), 3) for name, column in score_columns(graded).items()}
         say(f"== grade+select {task} in {time.perf_counter() - stage:.1f}s: mean scores {means}")
-        say(f"   policy {json.dumps(policy)} -> {selection.message}")
+        say(f"   policy {json.dumps({k: v for k, v in policy.to_dict().items() if v})} -> {selection.message}")
         embeddings = embed(graded["completion"].tolist())
         for label, mask in (("all", np.ones(len(graded), bool)), ("accepted", selection.mask)):
             report = diversity_report(graded.loc[mask, "completion"].tolist(), embeddings=embeddings[mask])
@@ -85,7 +85,7 @@ def main(smoke: bool = False, run_dir=None, write_report: bool = True, report_di
                 "n_texts", "distinct_1", "distinct_2", "compression_ratio", "self_bleu", "vendi_ngram",
                 "vendi_embedding", "homogenization")}})
         if task == "arithmetic":
-            audit = judge_audit(graded["score__judge"], graded["score__verifier"])
+            audit = judge_audit(graded[score_column("judge")], graded[score_column("verifier")])
             say(f"== judge audit (self-judge vs verifier, arithmetic, n={audit['n']}, "
                 f"{audit['positives']} correct): ROC AUC {audit['roc_auc']:.3f} (0.5 = chance), "
                 f"accuracy at 0.5 {audit['accuracy_at_threshold']:.3f}, Cohen's kappa {audit['kappa_at_threshold']:.3f}, "
@@ -95,7 +95,8 @@ def main(smoke: bool = False, run_dir=None, write_report: bool = True, report_di
                        "is close to chance: do not trust its acceptance without a verifier" if auc < 0.7 else
                        "ranks correct answers above wrong ones better than chance")
             say(f"   The self-judge {verdict}.")
-    combine(selections).save(run)
+    saved = combine(selections).save(run)
+    say(f"   selections saved as {run.selection_path(0, saved).relative_to(run.path)}")
 
     say("\n== diversity: all samples vs accepted")
     say(pd.DataFrame(rows).round(3).to_string(index=False))

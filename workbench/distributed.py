@@ -48,7 +48,7 @@ def generate_on_ray(prompts, model: str, run, shards: int = 2, address: str | No
                     num_cpus: int | None = None, cpus_per_task: float = 1, max_retries: int = 3,
                     generation: int = 0, **generate_kwargs) -> pd.DataFrame:
     """`workbench.generate` split into `shards` Ray tasks writing into one run; returns all its samples."""
-    from .generation import _result, as_prompts
+    from .sampling import as_prompts, collect_samples
     from .store import Run
 
     _check_spec(model)
@@ -60,7 +60,7 @@ def generate_on_ray(prompts, model: str, run, shards: int = 2, address: str | No
 
     @ray.remote(num_cpus=cpus_per_task, max_retries=max_retries)
     def generate_shard(prompts, model, run_path, shard, generation, kwargs):
-        from workbench.generation import generate
+        from workbench.sampling import generate
 
         return len(generate(prompts, model=model, run=run_path, generation=generation, shard=shard, **kwargs))
 
@@ -68,8 +68,8 @@ def generate_on_ray(prompts, model: str, run, shards: int = 2, address: str | No
     tasks = [generate_shard.options(name=f"workbench-generate-{i}-of-{shards}").remote(
         shared, model, str(run.path), (i, shards), generation, generate_kwargs) for i in range(shards)]
     ray.get(tasks)
-    run._write_manifest()  # the last worker's manifest may predate a part another worker wrote
-    return _result([], run, generation, prompts)
+    run.refresh_manifest()  # the last worker's manifest may predate a part another worker wrote
+    return collect_samples([], run, generation, prompts)
 
 
 def grade_on_ray(samples: pd.DataFrame, graders: Sequence, run, shards: int = 2, address: str | None = None,
@@ -100,5 +100,5 @@ def grade_on_ray(samples: pd.DataFrame, graders: Sequence, run, shards: int = 2,
     tasks = [grade_shard.options(name=f"workbench-grade-{i}-of-{shards}").remote(
         samples.iloc[i::shards], list(graders), str(run.path), generation) for i in range(shards)]
     ray.get(tasks)
-    run._write_manifest()
+    run.refresh_manifest()
     return grade(samples, graders, run=run, generation=generation)  # reads every stored score, computes none

@@ -11,7 +11,7 @@ rows that already finished, and samples over the full vocabulary with a sort. Th
   * draws one uniform per row per step from a counter-based RNG keyed by the sample's own seed,
     so a sample's text does not depend on which other requests shared its batch.
 Its forward pass matches transformers' to float precision (tests compare logits and greedy text).
-Other architectures use HF `generate` (see `generate.py`).
+Other architectures use HF `generate` (see `workbench/sampling.py`).
 """
 from __future__ import annotations
 
@@ -308,6 +308,9 @@ class LlamaEngine:
             top_k: int = 0, top_p: float = 1.0, slots: int = 64, prefill_chunk: int = 16,
             min_shared_prefix: int = 8) -> Iterator[Finished]:
         """Generate every request; yield each as it finishes (not in request order)."""
+        # Longer than ~80 lines on purpose: the scheduler's state (KV caches, slots, seeds, positions) is
+        # shared by `record` and `admit` and rebound when finished rows are dropped; split across functions
+        # it would travel as a dozen arguments. The engine issue (a profiled, compiled decode step) reshapes it.
         if not requests:
             return
         queue = list(reversed(requests))  # pop() from the end takes requests in the given order
@@ -398,8 +401,9 @@ class LlamaEngine:
 
 # ------------------------------------------------------------------------------- scoring helpers
 # Graders need logits, not text: the judge reads the next-token distribution after a rubric prompt,
-# the perplexity grader the log-probability of each completion token. Both share the prompt start
-# (system turn + rubric), which is run once.
+# the perplexity grader the log-probability of each completion token. The judge's prompts share their
+# start (system turn + rubric), which is run once. Callers reach these through `LoadedModel`
+# (`workbench/models.py`), which falls back to transformers where this engine does not apply.
 
 @torch.inference_mode()
 def next_token_logits(engine: LlamaEngine, sequences: list[list[int]], batch_size: int = 32,
@@ -435,6 +439,30 @@ def token_logprobs(engine: LlamaEngine, sequences: list[list[int]], score_from: 
             logits = engine.logits(hidden[row, first - 1:len(seq) - 1])        # predicts tokens first..end
             logp = torch.log_softmax(logits, dim=-1)
             out.append(logp.gather(-1, torch.tensor(seq[first:]).unsqueeze(-1)).squeeze(-1).numpy())
+        if on_batch:
+            on_batch(len(batch))
+    return out
+
+
+@torch.inference_mode()
+def token_statistics(engine: LlamaEngine, sequences: list[list[int]], score_from: list[int], batch_size: int = 8,
+                     on_batch=None) -> list[dict]:
+    """For each sequence and each position t in [score_from, len): "logprob", log p(token_t | tokens_<t), and
+    "mean_logprob", the mean of log p(v | tokens_<t) over the whole vocabulary (what self-certainty needs:
+    KL(uniform || p) = -log V - mean_logprob). Both from the same forward pass as `token_logprobs`."""
+    out: list[dict] = []
+    for start in range(0, len(sequences), batch_size):
+        batch, starts = sequences[start:start + batch_size], score_from[start:start + batch_size]
+        tokens, lengths = right_padded(batch)
+        hidden = engine.prefill(tokens, lengths, all_positions=True)
+        for row, (seq, first) in enumerate(zip(batch, starts)):
+            first = max(first, 1)  # the first token has no prediction
+            if first >= len(seq):
+                out.append({"logprob": np.zeros(0), "mean_logprob": np.zeros(0)})
+                continue
+            logp = torch.log_softmax(engine.logits(hidden[row, first - 1:len(seq) - 1]), dim=-1)
+            chosen = logp.gather(-1, torch.tensor(seq[first:]).unsqueeze(-1)).squeeze(-1)
+            out.append({"logprob": chosen.numpy(), "mean_logprob": logp.mean(-1).numpy()})
         if on_batch:
             on_batch(len(batch))
     return out

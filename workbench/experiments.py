@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .loop import LoopConfig, run
+from .config import from_fields
+from .loop import run
+from .loop_config import CollapseConfig, EvalConfig, GenerateConfig, LoopConfig, MixPolicy
+from .select import SelectionPolicy
+from .train import TrainConfig
 
 
 def self_improvement_configs(root: str | Path, generations: int = 3, n_prompts: int = 64, k: int = 16,
@@ -36,21 +40,28 @@ def self_improvement_configs(root: str | Path, generations: int = 3, n_prompts: 
         generations, n_prompts, k, heldout_problems, epochs = 1, 6, 4, 8, 1
     task_params = {"n": n_prompts, "digits": 1, "operators": "+-*/"}
     common = dict(model=model, task="arithmetic", task_params=task_params, generations=generations,
-                  generate={"n_per_prompt": k, "temperature": 1.0, "max_new_tokens": 16}, mix="replace",
-                  start_from="last", train={"epochs": epochs, "learning_rate": 1e-4}, seed=seed,
-                  eval={"heldout_problems": heldout_problems, "answer_tokens": 16,
-                        "heldout_texts": 6 if smoke else None, "diversity_prompts": 4 if smoke else 32,
-                        "diversity_tokens": 16 if smoke else 64})
+                  generate=GenerateConfig(n_per_prompt=k, temperature=1.0, max_new_tokens=16),
+                  mix=MixPolicy("replace"), start_from="last", train=_train(epochs=epochs, learning_rate=1e-4),
+                  seed=seed, eval=EvalConfig(heldout_problems=heldout_problems, answer_tokens=16,
+                                             heldout_texts=6 if smoke else None,
+                                             diversity_prompts=4 if smoke else 32,
+                                             diversity_tokens=16 if smoke else 64))
     root = Path(root)
     # verified_by="verifier": right by the last number, any format (the demo uses it: more data, quicker).
     # smoke: 24 samples rarely hold a strict-format right answer; the lenient verifier keeps training in tests
     verified = "verifier" if smoke else verified_by
     return {
         "verifier": LoopConfig(run=str(root / "verifier"), graders=["verifier_strict", "verifier"],
-                               select={"thresholds": {verified: 1.0}, "per_prompt_cap": 2}, **common),
+                               select=SelectionPolicy(thresholds={verified: 1.0}, per_prompt_cap=2), **common),
         "self_judge": LoopConfig(run=str(root / "self_judge"), graders=["judge", "verifier_strict", "verifier"],
-                                 select={"rank_by": "judge", "top1_of_k": True}, **common),
+                                 select=SelectionPolicy(rank_by="judge", top1_of_k=True), **common),
     }
+
+
+def _train(**values) -> TrainConfig:
+    """A TrainConfig that remembers the fields set here (as a YAML train section would): the run's config
+    record lists them even where they equal the default (epochs=1), as it did for runs made before."""
+    return from_fields(TrainConfig, values, "train")
 
 
 def collapse_configs(root: str | Path, generations: int = 5, n_prompts: int = 64, max_new_tokens: int = 64,
@@ -63,15 +74,17 @@ def collapse_configs(root: str | Path, generations: int = 5, n_prompts: int = 64
         generations, n_prompts, max_new_tokens, steps = 1, 4, 16, 2
     policies = policies or {"replace": "replace", "keep_real_0.1": {"keep_real": 0.1}, "accumulate": "accumulate"}
     common = dict(model=model, task="corpus", task_params={"n": n_prompts}, fresh_prompts=False,
-                  generations=generations, generate={"n_per_prompt": 1, "temperature": 1.0, "top_p": 1.0,
-                                                     "top_k": 0, "max_new_tokens": max_new_tokens},
-                  graders=["heuristics"], select={}, real_examples=None, start_from="last",
-                  train={"epochs": 0, "max_steps": steps, "learning_rate": 5e-5}, seed=seed,
-                  eval={"heldout_texts": 6 if smoke else None, "diversity_prompts": 4 if smoke else 28,
-                        "diversity_tokens": max_new_tokens},
-                  collapse={"max_perplexity_rise": 0.10, "max_diversity_drop": 0.10})
+                  generations=generations, generate=GenerateConfig(n_per_prompt=1, temperature=1.0, top_p=1.0, top_k=0,
+                                                                   max_new_tokens=max_new_tokens),
+                  graders=["heuristics"], select=SelectionPolicy(), real_examples=None, start_from="last",
+                  train=_train(epochs=0, max_steps=steps, learning_rate=5e-5), seed=seed,
+                  eval=EvalConfig(heldout_texts=6 if smoke else None, diversity_prompts=4 if smoke else 28,
+                                  diversity_tokens=max_new_tokens),
+                  collapse=CollapseConfig(max_perplexity_rise=0.10, max_diversity_drop=0.10))
     root = Path(root)
-    return {name: LoopConfig(run=str(root / name), mix=policy, **common) for name, policy in policies.items()}
+    # a policy in any form mix accepts: "replace", {"keep_real": 0.1}, or a MixPolicy
+    return {name: LoopConfig(run=str(root / name), mix=MixPolicy.parse(policy), **common)
+            for name, policy in policies.items()}
 
 
 def run_arms(configs: dict[str, LoopConfig], say=None) -> pd.DataFrame:

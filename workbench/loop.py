@@ -2,139 +2,82 @@
 fine-tune, and watch held-out quality and diversity for collapse.
 
     history = workbench.loop.run(LoopConfig(task="arithmetic", generations=3))   # or `workbench loop cfg.yaml`
+    LoopConfig(generate=GenerateConfig(n_per_prompt=8, max_new_tokens=16), train=TrainConfig(epochs=2))
 
 Generation g's model is the base model (g = 0) or the checkpoint trained at the end of generation
-g - 1 (`gen-00g/checkpoint`). Every stage leaves a file behind, so a run killed at any moment and
+g - 1 (`Run.checkpoint_dir(g)`). Every stage leaves a file behind, so a run killed at any moment and
 rerun with the same command continues from the last finished step: samples and scores resume row
-by row, a finished evaluation lives in `gen-XXX/metrics.json`, a finished fine-tune is the atomically
+by row, a finished evaluation lives in the generation's metrics.json, a finished fine-tune is the atomically
 renamed checkpoint folder. The config is recorded in the run and a rerun with other settings is refused.
+
+The config is typed: one dataclass per section (GenerateConfig, SelectionPolicy, MixPolicy, TrainConfig,
+EvalConfig, CollapseConfig, PriceConfig). `LoopConfig.from_dict` / `from_yaml` check every key against
+its field's type and name a wrong one by its path (`select.thresholds.judge: expected a number, got
+'high'`) before any work is done.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputDataError
-from .store import Run, atomic_write_bytes, atomic_write_text
-
-HELDOUT_SEED = 1_000_003  # held-out problems come from their own seed and exclude every training prompt
-
-
-@dataclass
-class LoopConfig:
-    run: str = "data/runs/loop"            # run folder (relative paths: to the current directory)
-    model: str = "smollm2-135m"            # base model spec
-    task: str = "arithmetic"               # arithmetic | instructions | corpus | a prompts file
-    task_params: dict = field(default_factory=lambda: {"n": 64})  # arguments of the task (n prompts per generation)
-    fresh_prompts: bool = True             # new prompts each generation (task seed + generation); False: same set
-    generations: int = 3                   # fine-tuning rounds; models 0..generations are evaluated
-    generate: dict = field(default_factory=lambda: {"n_per_prompt": 4, "temperature": 0.8, "max_new_tokens": 32})
-    graders: list = field(default_factory=lambda: ["verifier"])  # verifier, verifier_strict, judge, perplexity, heuristics
-    select: dict = field(default_factory=lambda: {"thresholds": {"verifier": 1.0}})  # accept() arguments;
-                                           # thresholds may be a schedule (lists or {start, step, max})
-    mix: Any = "replace"                   # replace | accumulate | {keep_real: f} | {accumulate_subsample: B}
-    real_examples: int | None = 256        # real (human) examples available to the mix (None: all the task has)
-    start_from: str = "base"               # base: each generation fine-tunes the base model (ReST-EM, STaR);
-                                           # last: continue from the previous checkpoint
-    train: dict = field(default_factory=dict)  # workbench.train.TrainConfig fields
-    eval: dict = field(default_factory=dict)   # see EVAL_DEFAULTS
-    collapse: dict = field(default_factory=dict)  # see COLLAPSE_DEFAULTS
-    price: dict = field(default_factory=lambda: {"cpu_hour": 0.10, "gpu_hour": 3.00, "per_million_tokens": 0.0})
-    seed: int = 0
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "LoopConfig":
-        import yaml
-
-        path = Path(path)
-        if not path.exists():
-            raise InputDataError(f"Loop config {path} does not exist.", "Pass the path of a YAML file (see README).")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputDataError(f"Loop config {path} is not valid YAML: {exc}.", "Fix the YAML syntax.") from exc
-        return cls.from_dict(values)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "LoopConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputDataError(f"Unknown loop config key(s) {unknown}.", f"Use only: {sorted(known)}.")
-        config = cls(**values)
-        config.check()
-        return config
-
-    def check(self) -> None:
-        from .mix import parse_mix
-        from .train import TrainConfig
-
-        if self.generations < 0:
-            raise InputDataError(f"generations must be >= 0, got {self.generations}.", "E.g. generations: 3.")
-        if self.start_from not in ("base", "last"):
-            raise InputDataError(f"start_from must be 'base' or 'last', got {self.start_from!r}.", "Pick one.")
-        unknown = [g for g in self.graders if g not in GRADERS]
-        if unknown:
-            raise InputDataError(f"Unknown grader(s) {unknown} in the loop config.", f"Use {sorted(GRADERS)}.")
-        unknown = sorted(set(self.eval) - set(EVAL_DEFAULTS)) + sorted(set(self.collapse) - set(COLLAPSE_DEFAULTS))
-        if unknown:
-            raise InputDataError(f"Unknown eval/collapse key(s) {unknown}.",
-                                 f"eval: {sorted(EVAL_DEFAULTS)}; collapse: {sorted(COLLAPSE_DEFAULTS)}.")
-        parse_mix(self.mix)
-        TrainConfig(**self.train).check()
-
-
-EVAL_DEFAULTS = {
-    "heldout_problems": 200,        # verifiable tasks: greedy accuracy on problems never trained on
-    "answer_tokens": 24,            # completion budget for those answers
-    "heldout_texts": None,          # held-out real passages for perplexity (None: all of them)
-    "diversity_prompts": 32,        # free generations from fixed prompts for the diversity report
-    "diversity_tokens": 64,
-    "diversity_task": "auto",       # auto: held-out corpus prompts for the corpus task, else instructions
-}
-COLLAPSE_DEFAULTS = {"max_perplexity_rise": 0.25, "max_diversity_drop": 0.25, "diversity_metric": "distinct_2",
-                     "stop": False}
-
-
-def _graders(names: list[str], loaded) -> list:
-    from .graders import Heuristics, Perplexity, SelfJudge, Verifier
-
-    makers = {"verifier": lambda: Verifier(), "verifier_strict": lambda: Verifier(name="verifier_strict", strict=True),
-              "judge": lambda: SelfJudge(model=loaded), "perplexity": lambda: Perplexity(model=loaded),
-              "heuristics": lambda: Heuristics()}
-    return [makers[name]() for name in names]
-
-
-GRADERS = ("verifier", "verifier_strict", "judge", "perplexity", "heuristics")
+from .evaluate import evaluate
+from .loop_config import (GRADERS, CollapseConfig, EvalConfig, GenerateConfig, LoopConfig,  # noqa: F401 (re-exported)
+                          MixPolicy, PriceConfig, _as_config)
+from .store import Run, atomic_write_bytes, score_column, score_columns
 
 
 # ----------------------------------------------------------------------------------- helpers
 
-def _metrics_path(run: Run, generation: int) -> Path:
-    return run.path / f"gen-{generation:03d}" / "metrics.json"
+PAIRWISE_OPPONENTS = 3  # `pairwise`: each sample meets this many others of its prompt, both orders
 
 
-def read_metrics(run: Run, generation: int) -> dict:
-    path = _metrics_path(run, generation)
-    return json.loads(path.read_text()) if path.exists() else {}
+def _graders(names: list[str], loaded, seed: int = 0) -> list:
+    """The graders named in the loop's config, in its order. `panel` is a logistic regression over the
+    self-graders listed before it (consistency, pairwise, judge, certainty), fitted on at most 32 labels of
+    the lenient `verifier` (drawn with `seed`); the config's check makes sure they all run before it."""
+    from .graders import (Consistency, Heuristics, PairwiseJudge, Perplexity, SelfCertainty, SelfJudge,
+                          Verifier)
+    from .loop_config import PANEL_INPUTS
+
+    makers = {"verifier": lambda: Verifier(), "verifier_strict": lambda: Verifier(name="verifier_strict", strict=True),
+              "judge": lambda: SelfJudge(model=loaded), "perplexity": lambda: Perplexity(model=loaded),
+              "heuristics": lambda: Heuristics(), "consistency": lambda: Consistency(),
+              "pairwise": lambda: PairwiseJudge(model=loaded, opponents=PAIRWISE_OPPONENTS),
+              "certainty": lambda: SelfCertainty(model=loaded),
+              "panel": lambda: _loop_panel()(graders=[g for g in names if g in PANEL_INPUTS], how="logistic",
+                                         labels="verifier", n_labels=32, seed=seed)}
+    return [makers[name]() for name in names]
 
 
-def _update_metrics(run: Run, generation: int, **sections) -> dict:
-    metrics = {**read_metrics(run, generation), "generation": generation, **sections}
-    atomic_write_text(_metrics_path(run, generation), json.dumps(metrics, indent=2, default=_plain))
-    return metrics
+@functools.lru_cache(maxsize=None)
+def _loop_panel():
+    """The class of the loop's `panel` (built on first use: the graders import the model stack)."""
+    from .errors import InputDataError
+    from .graders import Panel
 
+    class LoopPanel(Panel):
+        """A logistic Panel that, where its labelled rows hold one class only (a tiny generation, or a model
+        that gets everything right) or none, scores NaN (it accepts nothing) and says why in `message_`,
+        instead of stopping the loop."""
 
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return str(value)
+        def score(self, samples: pd.DataFrame) -> pd.Series:
+            try:
+                return super().score(samples)
+            except InputDataError as exc:
+                if "needs both classes" not in exc.problem and "no row has a label" not in exc.problem:
+                    raise
+                self.training_ids_, self.cv_auc_ = [], float("nan")
+                self.message_ = f"not fitted, every score NaN: {exc.problem}"
+                return pd.Series(float("nan"), index=samples.index, dtype=float)
+
+    return LoopPanel
 
 
 def prompts_for(config: LoopConfig, generation: int) -> pd.DataFrame:
@@ -148,217 +91,263 @@ def prompts_for(config: LoopConfig, generation: int) -> pd.DataFrame:
     return get_task(config.task, **params)
 
 
-def heldout_problems(config: LoopConfig, n: int) -> pd.DataFrame:
-    """Verifiable problems from the task's held-out split (and, to be sure, minus any training prompt)."""
-    from .tasks import get_task
-
-    seen = set()
-    for g in range(config.generations + 1):
-        seen.update(prompts_for(config, g)["prompt"])
-    params = {**config.task_params, "n": n, "seed": HELDOUT_SEED, "split": "heldout"}
-    problems = get_task(config.task, **params)
-    return problems[~problems["prompt"].isin(seen)].head(n).reset_index(drop=True)
+def training_prompts(config: LoopConfig) -> Iterator[str]:
+    """Every prompt any generation trains on (lazily: evaluate reads it only for a verifiable task)."""
+    return (prompt for g in range(config.generations + 1) for prompt in prompts_for(config, g)["prompt"])
 
 
-def _diversity_prompts(config: LoopConfig, n: int) -> pd.DataFrame:
-    from .tasks import get_task
-
-    task = config.eval.get("diversity_task", "auto")
-    if task == "auto":
-        task = "corpus" if config.task == "corpus" else "instructions"
-    if task == "corpus":
-        return get_task("corpus", n=n, split="heldout", seed=HELDOUT_SEED)
-    return get_task(task, n=n)
-
-
-# ----------------------------------------------------------------------------------- evaluation
-
-def evaluate(loaded, config: LoopConfig, run: Run, generation: int) -> dict:
-    """Held-out perplexity, task accuracy (strict and lenient), and diversity of free generations.
-    Its generations go into `gen-XXX/eval/`, a run of its own, so an interrupted evaluation resumes."""
-    from .generation import generate
-    from .graders import Verifier
-    from .metrics import diversity_report
-    from .metrics.collapse import heldout_perplexity
-    from .tasks import get_task
-
-    settings = {**EVAL_DEFAULTS, **config.eval}
-    eval_run = Run(run.path / f"gen-{generation:03d}" / "eval")
-    out: dict[str, Any] = {}
-    started = time.perf_counter()
-    heldout = get_task("corpus", n=settings["heldout_texts"], split="heldout")
-    texts = (heldout["prompt"] + " " + heldout["reference"]).tolist()
-    out["heldout_perplexity"] = heldout_perplexity(loaded, texts)
-    out["heldout_texts"] = len(texts)
-
-    problems = heldout_problems(config, settings["heldout_problems"]) if config.task == "arithmetic" else None
-    if problems is not None and len(problems):
-        answers = generate(problems, model=loaded, temperature=0.0, max_new_tokens=settings["answer_tokens"],
-                           run=eval_run, seed=config.seed)
-        out["accuracy_strict"] = float(Verifier(strict=True).score(answers).mean())
-        out["accuracy_lenient"] = float(Verifier().score(answers).mean())
-        out["heldout_problems"] = len(answers)
-    prompts = _diversity_prompts(config, settings["diversity_prompts"])
-    free = generate(prompts, model=loaded, temperature=0.8, max_new_tokens=settings["diversity_tokens"],
-                    run=eval_run, seed=config.seed)
-    report = diversity_report(free["completion"].tolist())
-    for key in ("distinct_1", "distinct_2", "entropy_2", "compression_ratio", "self_bleu", "vendi_ngram",
-                "mean_words"):
-        out[f"diversity_{key}"] = report[key]
-    out["eval_seconds"] = time.perf_counter() - started
-    return out
-
-
-# ----------------------------------------------------------------------------------- the loop
-
-def _cost(seconds: float, tokens: int, device: str, price: dict) -> float:
-    hourly = price.get("gpu_hour", 0.0) if device.startswith("cuda") else price.get("cpu_hour", 0.0)
-    return seconds / 3600 * hourly + tokens / 1e6 * price.get("per_million_tokens", 0.0)
-
-
-def _model_for(config: LoopConfig, run: Run, generation: int):
+def model_for(config: LoopConfig, run: Run, generation: int):
     from .models import load_model
 
     if generation == 0:
         return load_model(config.model, dtype="fp32")
-    return load_model(str(run.path / f"gen-{generation:03d}" / "checkpoint"), dtype="fp32")
+    return load_model(str(run.checkpoint_dir(generation)), dtype="fp32")
 
+
+def real_data(config: LoopConfig) -> pd.DataFrame | None:
+    """Human data for the mix: the task's own references, from a seed no generation's prompts use."""
+    from .mix import real_examples
+    from .tasks import get_task
+
+    if config.mix.name == "replace":
+        return None
+    params = {**config.task_params, "seed": config.seed + 7_919}
+    if config.real_examples is not None:
+        params["n"] = config.real_examples
+    return real_examples(get_task(config.task, **params))
+
+
+def _save_frame(frame: pd.DataFrame, path: Path) -> None:
+    atomic_write_bytes(path, frame.reset_index(drop=True).to_parquet(index=False))
+
+
+@dataclass
+class Step:
+    """One generation of one loop run: what every stage reads. The model loads on first use."""
+
+    config: LoopConfig
+    run: Run
+    generation: int
+    say: Callable[[str], None]
+    loaded: Any = None
+
+    def model(self):
+        if self.loaded is None:
+            self.loaded = model_for(self.config, self.run, self.generation)
+        return self.loaded
+
+
+# ----------------------------------------------------------------------------------- the stages
+# Each returns its part of the generation's metrics.json; the loop writes `data` once all have run.
+
+def evaluate_stage(step: Step) -> dict:
+    """`eval`: the generation's model on held-out data, measured once (a finished evaluation is read back)."""
+    config, generation = step.config, step.generation
+    evaluation = step.run.metrics(generation).get("eval")
+    if evaluation is None:
+        started = time.perf_counter()
+        loaded = step.model()
+        evaluation = evaluate(loaded, step.run.eval_run(generation), config.task, config.eval,
+                              task_params=config.task_params, seed=config.seed,
+                              training_prompts=training_prompts(config))
+        step.run.log("loop:eval", generation=generation, seconds=round(time.perf_counter() - started, 3))
+        step.run.update_metrics(generation, model=loaded.name, eval=evaluation)
+    step.say(f"== gen {generation}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items() if k in (
+        "heldout_perplexity", "accuracy_strict", "accuracy_lenient", "diversity_distinct_2")))
+    return evaluation
+
+
+def monitor_collapse(step: Step, evaluations: list[dict]) -> bool:
+    """`collapse`: flags of the newest evaluation against generation 0; True when they stop the loop."""
+    from .metrics.collapse import collapse_flags
+
+    settings = step.config.collapse
+    flags = collapse_flags(evaluations, settings.max_perplexity_rise, settings.max_diversity_drop,
+                           settings.diversity_metric)
+    step.run.update_metrics(step.generation, collapse=flags)
+    if not flags["collapsed"]:
+        return False
+    step.say(f"   collapse monitor: {'; '.join(flags['flags'])}")
+    if settings.stop:
+        step.say("   stopping the loop (collapse.stop is set)")
+        step.run.update_metrics(step.generation, stopped="collapse monitor: " + "; ".join(flags["flags"]))
+    return settings.stop
+
+
+def generate_stage(step: Step) -> tuple[pd.DataFrame, dict]:
+    """The generation's samples (resumed row by row from the run) and `generate_seconds`."""
+    from .sampling import generate
+
+    started = time.perf_counter()
+    samples = generate(prompts_for(step.config, step.generation), model=step.model(), run=step.run,
+                       generation=step.generation, seed=step.config.seed + step.generation,
+                       **asdict(step.config.generate))
+    return samples, {"generate_seconds": time.perf_counter() - started}
+
+
+def grade_stage(step: Step, samples: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Samples with score__<grader> columns; `samples`, `mean_scores`, `completion_tokens`, `grade_seconds`
+    and, with a judge beside a verifier, the `judge_audit`. With the lenient `verifier` among the graders,
+    `audits`: every other non-verifier grader's `judge_audit` against it (ROC AUC and the rest), each without
+    the rows that grader was fitted on (a panel's labelled rows: `excluded_trained` counts them), and for a
+    panel fitted in this pass its `weights`, `cv_auc` and `message`."""
+    from .graders import grade
+    from .metrics import judge_audit
+
+    graders = step.config.graders
+    started = time.perf_counter()
+    made = _graders(graders, step.model(), seed=step.config.seed)
+    graded = grade(samples, made, run=step.run, generation=step.generation)
+    scored = {"samples": len(graded),
+               "mean_scores": {name: float(graded[column].mean()) for name, column in score_columns(graded).items()},
+               "completion_tokens": int(graded["n_completion_tokens"].sum()),
+               "grade_seconds": time.perf_counter() - started}
+    if "judge" in graders and any(g.startswith("verifier") for g in graders):
+        verifier = "verifier" if "verifier" in graders else "verifier_strict"
+        scored["judge_audit"] = judge_audit(graded[score_column("judge")], graded[score_column(verifier)])
+    audited = [g for g in graders if not g.startswith("verifier")]
+    if "verifier" in graders and audited:
+        scored["audits"] = _audits(step, graded, made, audited)
+    return graded, scored
+
+
+def _audits(step: Step, graded: pd.DataFrame, made: list, names: list[str]) -> dict:
+    """grader -> judge_audit of its scores against the lenient verifier, on the rows it was not fitted on."""
+    from .metrics import judge_audit
+    from .store import TRAINED_PREFIX
+
+    stored = step.run.graded(step.generation).set_index("sample_id")
+    labels = graded[score_column("verifier")].to_numpy(dtype=float)
+    by_name, audits = {g.name: g for g in made}, {}
+    for name in names:
+        trained = stored[TRAINED_PREFIX + name].reindex(graded["sample_id"]).fillna(False).astype(bool).to_numpy() \
+            if TRAINED_PREFIX + name in stored.columns else np.zeros(len(graded), bool)
+        scores = graded[score_column(name)].to_numpy(dtype=float)
+        audit = judge_audit(scores[~trained], labels[~trained], method=getattr(by_name.get(name), "method_", None))
+        audit["excluded_trained"] = int(trained.sum())
+        grader = by_name.get(name)
+        if hasattr(grader, "weights_"):  # a panel fitted in this pass (a resumed pass reads stored scores)
+            audit.update(weights=grader.weights_, cv_auc=grader.cv_auc_, message=getattr(grader, "message_", None))
+        elif getattr(grader, "message_", None) and name == "panel":
+            audit["message"] = grader.message_
+        audits[name] = audit
+    return audits
+
+
+def select_stage(step: Step, graded: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The accepted rows (the selection is saved under the run's selections); `accepted`, `accept_rate`,
+    the generation's `thresholds`, the `selection` message and `accepted_distinct_2`; with the lenient
+    `verifier` among the graders, `accepted_precision`: the share of the accepted rows it marks right."""
+    from .metrics import distinct_n
+    from .select import accept
+
+    policy = step.config.select.for_generation(step.generation)
+    selection = accept(graded, policy)
+    selection.save(step.run, step.generation)
+    accepted_rows = selection.accepted_rows(graded)
+    step.say(f"   gen {step.generation}: {len(graded)} samples, {selection.message}")
+    selected = {
+        "accepted": selection.n_accepted, "accept_rate": selection.accept_rate,
+        "thresholds": policy.thresholds or None, "selection": selection.message,
+        "accepted_distinct_2": distinct_n(accepted_rows["completion"].tolist(), 2) if len(accepted_rows) else None}
+    if "verifier" in step.config.graders:
+        right = accepted_rows[score_column("verifier")].dropna()
+        selected["accepted_precision"] = float(right.mean()) if len(right) else None
+    return accepted_rows, selected
+
+
+def mix_stage(step: Step, accepted_rows: pd.DataFrame, real: pd.DataFrame | None) -> tuple[pd.DataFrame, dict]:
+    """The training set by the mix policy (from every generation's accepted rows so far, and real data);
+    `train_set`: its rows by source. Writes the generation's train_accepted and train_set frames."""
+    from .mix import mix
+
+    run, generation = step.run, step.generation
+    earlier = [pd.read_parquet(run.frame_path(g, "train_accepted")) for g in range(generation)]
+    _save_frame(accepted_rows[["prompt", "completion", "chat", "finish_reason"]],
+                run.frame_path(generation, "train_accepted"))
+    training_set = mix(step.config.mix.spec, earlier + [accepted_rows], real, seed=step.config.seed)
+    _save_frame(training_set, run.frame_path(generation, "train_set"))
+    by_source = training_set["source"].value_counts().to_dict() if len(training_set) else {}
+    return training_set, {"train_set": {"rows": len(training_set), "by_source": by_source}}
+
+
+TRAIN_STATS = ("examples", "steps", "real_tokens", "seconds", "real_tokens_per_s", "first_loss", "last_loss",
+               "padding_share", "device", "precision", "skipped")
+
+
+def train_stage(step: Step, training_set: pd.DataFrame) -> dict:
+    """`train`: fine-tune into the next generation's checkpoint (once: a finished checkpoint is kept)."""
+    from .train import finetune
+
+    config, run, generation = step.config, step.run, step.generation
+    checkpoint = run.checkpoint_dir(generation + 1)
+    if not checkpoint.exists():
+        start = config.model if config.start_from == "base" or generation == 0 else str(run.checkpoint_dir(generation))
+        started = time.perf_counter()
+        if len(training_set):
+            stats = finetune(training_set, model=start, out_dir=checkpoint.parent,
+                             config=config.train_config(generation)).stats
+        else:
+            stats = _keep_model(step, start, checkpoint)
+        run.log("loop:train", generation=generation, seconds=round(time.perf_counter() - started, 3),
+                tokens=stats["real_tokens"], steps=stats["steps"])
+    stats = json.loads((checkpoint / "train_stats.json").read_text())
+    if stats["steps"]:
+        step.say(f"   fine-tuned on {len(training_set)} examples ({stats['steps']} steps, loss "
+                 f"{stats['first_loss']:.3f} -> {stats['last_loss']:.3f}) -> {checkpoint}")
+    return {"train": {k: stats.get(k) for k in TRAIN_STATS}}
+
+
+def _keep_model(step: Step, start: str, checkpoint: Path) -> dict:
+    """Nothing to learn from: the next generation is the starting model, unchanged, and says so."""
+    from .train import save_checkpoint
+
+    config, generation = step.config, step.generation
+    step.say(f"   gen {generation}: the training set is empty; generation {generation + 1} keeps the "
+             f"{'base' if start == config.model else 'previous'} model unchanged")
+    carried = model_for(config, step.run, generation if start != config.model else 0)
+    stats = {"examples": 0, "steps": 0, "real_tokens": 0, "seconds": 0.0, "real_tokens_per_s": None,
+             "first_loss": None, "last_loss": None, "padding_share": None, "device": "cpu",
+             "precision": None, "skipped": "empty training set (nothing accepted)", "base_model": carried.name}
+    save_checkpoint(carried.model, carried.tokenizer, checkpoint.parent, pd.DataFrame(), stats)
+    return stats
+
+
+def cost_stage(config: LoopConfig, data: dict) -> dict:
+    """`cost`: seconds x the hourly price of the device that trained, plus tokens x the token price."""
+    train, price = data["train"], config.price
+    tokens = data["completion_tokens"] + train["real_tokens"]
+    seconds = data["generate_seconds"] + data["grade_seconds"] + train["seconds"]
+    hourly = price.gpu_hour if train["device"].startswith("cuda") else price.cpu_hour
+    cost = seconds / 3600 * hourly + tokens / 1e6 * price.per_million_tokens
+    return {"cost": {"seconds": seconds, "tokens": tokens, "cost": cost,
+                     "per_accepted_sample": cost / data["accepted"] if data["accepted"] else None}}
+
+
+# ----------------------------------------------------------------------------------- the loop
 
 def run(config: LoopConfig | dict | str | Path, say: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run (or resume) the loop; returns one row per evaluated generation (see `history`)."""
-    from .generation import generate
-    from .graders import grade
-    from .metrics import distinct_n, judge_audit
-    from .metrics.collapse import collapse_flags
-    from .select import accept, thresholds_for
-    from .mix import mix, real_examples
-    from .train import TrainConfig, finetune, save_checkpoint
-
-    if isinstance(config, (str, Path)):
-        config = LoopConfig.from_yaml(config)
-    elif isinstance(config, dict):
-        config = LoopConfig.from_dict(config)
-    config.check()
+    config = _as_config(config)
     say = say or (lambda text: print(text, flush=True))
     loop_run = Run(config.run)
-    loop_run.check_config("loop", asdict(config))
-    collapse_settings = {**COLLAPSE_DEFAULTS, **config.collapse}
-    real = None
-    if config.mix != "replace":
-        # human data: the task's own references, from a seed no generation's prompts use
-        real_params = {**config.task_params, "seed": config.seed + 7_919}
-        if config.real_examples is not None:
-            real_params["n"] = config.real_examples
-        real = real_examples(_task(config.task, real_params))
-
+    loop_run.check_config("loop", config.to_record())
+    real = real_data(config)
     evaluations: list[dict] = []
     for generation in range(config.generations + 1):
-        metrics = read_metrics(loop_run, generation)
-        loaded = None
-        if "eval" not in metrics:
-            stage = time.perf_counter()
-            loaded = _model_for(config, loop_run, generation)
-            evaluation = evaluate(loaded, config, loop_run, generation)
-            loop_run.log("loop:eval", generation=generation, seconds=round(time.perf_counter() - stage, 3))
-            metrics = _update_metrics(loop_run, generation, model=loaded.name, eval=evaluation)
-        evaluations.append(metrics["eval"])
-        flags = collapse_flags(evaluations, collapse_settings["max_perplexity_rise"],
-                               collapse_settings["max_diversity_drop"], collapse_settings["diversity_metric"])
-        metrics = _update_metrics(loop_run, generation, collapse=flags)
-        say(f"== gen {generation}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics["eval"].items()
-                                                  if k in ("heldout_perplexity", "accuracy_strict", "accuracy_lenient",
-                                                           "diversity_distinct_2")))
-        if flags["collapsed"]:
-            say(f"   collapse monitor: {'; '.join(flags['flags'])}")
-            if collapse_settings["stop"]:
-                say("   stopping the loop (collapse.stop is set)")
-                _update_metrics(loop_run, generation, stopped="collapse monitor: " + "; ".join(flags["flags"]))
-                break
-        if generation == config.generations:
+        step = Step(config, loop_run, generation, say)
+        evaluations.append(evaluate_stage(step))
+        if monitor_collapse(step, evaluations) or generation == config.generations:
             break
-        checkpoint = loop_run.path / f"gen-{generation + 1:03d}" / "checkpoint"
-        if "data" in metrics and checkpoint.exists():
+        if "data" in loop_run.metrics(generation) and loop_run.checkpoint_dir(generation + 1).exists():
             continue
-
-        # generate -> grade -> select -> mix -> fine-tune
-        loaded = loaded or _model_for(config, loop_run, generation)
-        stage = time.perf_counter()
-        samples = generate(prompts_for(config, generation), model=loaded, run=loop_run, generation=generation,
-                           seed=config.seed + generation, **config.generate)
-        generate_seconds = time.perf_counter() - stage
-        stage = time.perf_counter()
-        graded = grade(samples, _graders(config.graders, loaded), run=loop_run, generation=generation)
-        grade_seconds = time.perf_counter() - stage
-        select_args = dict(config.select)
-        if "thresholds" in select_args:
-            select_args["thresholds"] = thresholds_for(select_args["thresholds"], generation)
-        selection = accept(graded, **select_args)
-        selection.save(loop_run, generation)
-        accepted = selection.accepted(graded)
-        data = {"samples": len(graded), "accepted": selection.n_accepted, "accept_rate": selection.accept_rate,
-                "thresholds": select_args.get("thresholds"), "selection": selection.message,
-                "mean_scores": {c.removeprefix("score__"): float(graded[c].mean()) for c in graded
-                                if c.startswith("score__")},
-                "accepted_distinct_2": distinct_n(accepted["completion"].tolist(), 2) if len(accepted) else None,
-                "completion_tokens": int(graded["n_completion_tokens"].sum()),
-                "generate_seconds": generate_seconds, "grade_seconds": grade_seconds}
-        if "judge" in config.graders and any(g.startswith("verifier") for g in config.graders):
-            verifier = "verifier" if "verifier" in config.graders else "verifier_strict"
-            data["judge_audit"] = judge_audit(graded["score__judge"], graded[f"score__{verifier}"])
-        say(f"   gen {generation}: {len(graded)} samples, {selection.message}")
-
-        history_accepted = [pd.read_parquet(loop_run.path / f"gen-{g:03d}" / "train_accepted.parquet")
-                            for g in range(generation)]
-        _save_frame(accepted[["prompt", "completion", "chat", "finish_reason"]], loop_run, generation,
-                    "train_accepted.parquet")
-        training_set = mix(config.mix, history_accepted + [accepted], real, seed=config.seed)
-        _save_frame(training_set, loop_run, generation, "train_set.parquet")
-        data["train_set"] = {"rows": len(training_set),
-                             "by_source": training_set["source"].value_counts().to_dict() if len(training_set) else {}}
-        if not checkpoint.exists():
-            start = config.model if config.start_from == "base" or generation == 0 else str(
-                loop_run.path / f"gen-{generation:03d}" / "checkpoint")
-            stage = time.perf_counter()
-            if len(training_set):
-                result = finetune(training_set, model=start, out_dir=checkpoint.parent,
-                                  config=TrainConfig(**{"seed": config.seed + generation, **config.train}))
-                stats = result.stats
-            else:  # nothing to learn from: the next generation is the starting model, unchanged, and says so
-                say(f"   gen {generation}: the training set is empty; generation {generation + 1} keeps the "
-                    f"{'base' if start == config.model else 'previous'} model unchanged")
-                carried = _model_for(config, loop_run, generation if start != config.model else 0)
-                stats = {"examples": 0, "steps": 0, "real_tokens": 0, "seconds": 0.0, "real_tokens_per_s": None,
-                         "first_loss": None, "last_loss": None, "padding_share": None, "device": "cpu",
-                         "precision": None, "skipped": "empty training set (nothing accepted)",
-                         "base_model": carried.name}
-                save_checkpoint(carried.model, carried.tokenizer, checkpoint.parent, pd.DataFrame(), stats)
-            loop_run.log("loop:train", generation=generation, seconds=round(time.perf_counter() - stage, 3),
-                         tokens=stats["real_tokens"], steps=stats["steps"])
-        stats = json.loads((checkpoint / "train_stats.json").read_text())
-        data["train"] = {k: stats.get(k) for k in ("examples", "steps", "real_tokens", "seconds", "real_tokens_per_s",
-                                                   "first_loss", "last_loss", "padding_share", "device", "precision",
-                                                   "skipped")}
-        tokens = data["completion_tokens"] + stats["real_tokens"]
-        seconds = generate_seconds + grade_seconds + stats["seconds"]
-        cost = _cost(seconds, tokens, stats["device"], config.price)
-        data["cost"] = {"seconds": seconds, "tokens": tokens, "cost": cost,
-                        "per_accepted_sample": cost / selection.n_accepted if selection.n_accepted else None}
-        _update_metrics(loop_run, generation, data=data)
-        if stats["steps"]:
-            say(f"   fine-tuned on {len(training_set)} examples ({stats['steps']} steps, loss "
-                f"{stats['first_loss']:.3f} -> {stats['last_loss']:.3f}) -> {checkpoint}")
-    frame = history(loop_run)
-    return frame
-
-
-def _task(name: str, params: dict) -> pd.DataFrame:
-    from .tasks import get_task
-
-    return get_task(name, **params)
-
-
-def _save_frame(frame: pd.DataFrame, run: Run, generation: int, name: str) -> None:
-    atomic_write_bytes(run.path / f"gen-{generation:03d}" / name, frame.reset_index(drop=True).to_parquet(index=False))
+        samples, generated = generate_stage(step)
+        graded, scored = grade_stage(step, samples)
+        accepted_rows, selected = select_stage(step, graded)
+        training_set, mixed = mix_stage(step, accepted_rows, real)
+        data = {**scored, **selected, **generated, **mixed, **train_stage(step, training_set)}
+        loop_run.update_metrics(generation, data={**data, **cost_stage(config, data)})
+    return history(loop_run)
 
 
 def history(run: Run | str | Path) -> pd.DataFrame:
@@ -366,7 +355,7 @@ def history(run: Run | str | Path) -> pd.DataFrame:
     run = run if isinstance(run, Run) else Run(run)
     rows, base_accuracy, spent = [], None, 0.0
     for generation in run.generations():
-        metrics = read_metrics(run, generation)
+        metrics = run.metrics(generation)
         if "eval" not in metrics:
             continue
         row = {"generation": generation, **metrics["eval"]}
@@ -376,6 +365,10 @@ def history(run: Run | str | Path) -> pd.DataFrame:
             row[f"mean_score_{name}"] = value
         if data.get("judge_audit"):
             row["judge_roc_auc"] = data["judge_audit"].get("roc_auc")
+        if "accepted_precision" in data:
+            row["accepted_precision"] = data["accepted_precision"]
+        for name, audit in (data.get("audits") or {}).items():  # each grader against the lenient verifier
+            row[f"auc_{name}"] = audit.get("roc_auc")
         train = data.get("train") or {}
         row.update({f"train_{k}": train.get(k) for k in ("examples", "steps", "first_loss", "last_loss")})
         cost = data.get("cost") or {}
@@ -397,8 +390,6 @@ def history(run: Run | str | Path) -> pd.DataFrame:
 def scores_by_generation(run: Run | str | Path) -> pd.DataFrame:
     """Every generation's samples with their score__<grader> columns and a `generation` column
     (for score distributions per generation)."""
-    from .widgets import graded_table
-
     run = run if isinstance(run, Run) else Run(run)
-    frames = [graded_table(run, g).assign(generation=g) for g in run.generations() if run.parts("samples", g)]
+    frames = [run.graded(g).assign(generation=g) for g in run.generations() if run.parts("samples", g)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["generation"])

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputDataError
+from .store import Run
 
 MIX_POLICIES = ("replace", "accumulate", "keep_real", "accumulate_subsample")
 
@@ -58,7 +59,7 @@ def mix(policy, accepted: list[pd.DataFrame], real: pd.DataFrame | None = None, 
             frame["chat"] = True
         return frame[columns]
 
-    synthetic = [tagged(frame, f"gen-{g:03d}") for g, frame in enumerate(accepted)]
+    synthetic = [tagged(frame, Run.generation_name(g)) for g, frame in enumerate(accepted)]
     real_rows = tagged(real, "real") if real is not None and len(real) else pd.DataFrame(columns=columns)
     rng = np.random.default_rng([seed, len(accepted)])  # re-sampled every generation, reproducibly
     if name == "replace":

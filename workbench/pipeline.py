@@ -1,17 +1,18 @@
 """The default story per task, shared by the demo, the notebooks and the CLI: which graders score a
-task's samples and which acceptance policy selects them."""
+task's samples and which selection policy selects them."""
 from __future__ import annotations
 
 import pandas as pd
 
 from .graders import Heuristics, Novelty, Perplexity, Realism, SelfJudge, Verifier
+from .select import SelectionPolicy
 from .tasks import get_task
 
-# task -> keyword arguments of workbench.select.accept
-POLICIES = {
-    "arithmetic": {"thresholds": {"verifier": 1.0}},
-    "instructions": {"thresholds": {"judge": 0.5, "heuristics": 0.5}, "dedup": "minhash"},
-    "corpus": {"thresholds": {"heuristics": 0.3}, "target_rate": 0.5, "rank_by": "perplexity"},
+# task -> the selection policy the demo and notebooks apply to its samples
+TASK_POLICIES = {
+    "arithmetic": SelectionPolicy(thresholds={"verifier": 1.0}),
+    "instructions": SelectionPolicy(thresholds={"judge": 0.5, "heuristics": 0.5}, dedup="minhash"),
+    "corpus": SelectionPolicy(thresholds={"heuristics": 0.3}, target_rate=0.5, rank_by="perplexity"),
 }
 
 

@@ -1,12 +1,23 @@
-"""The run directory: append-only parquet parts, a config that guards reruns, a manifest and a ledger.
+"""The run folder: append-only parquet parts, a config that guards reruns, a manifest and a ledger.
 
-Layout (see DESIGN.md)::
+`Run` is the one owner of the folder's layout: no other module formats a run path or globs a run
+folder. This table is the one description of it (the README's run-folder section matches it)::
 
-    <run>/config.yaml                     what produced the run, one section per stage
-    <run>/manifest.json                   tables -> parts and row counts (derived from the parts)
-    <run>/ledger.jsonl                    one line per finished stage chunk: items, tokens, seconds
-                                          (also stored in that chunk's part, see `Run.ledger`)
-    <run>/gen-000/samples/part-00000.parquet
+    <run>/config.yaml                           what produced the run, one section per stage
+    <run>/manifest.json                         tables -> parts and row counts (derived from the parts)
+    <run>/ledger.jsonl                          one line per finished chunk: items, tokens, seconds
+                                                (also stored in that chunk's part, see `Run.ledger`)
+    <run>/gen-000/samples/part-00000.parquet    generated samples (Run.samples)
+    <run>/gen-000/scores/<grader>/part-*.parquet    sample_id, score (Run.scores, Run.graded)
+    <run>/gen-000/labels/part-*.parquet         human labels: sample_id, label, reviewer, time (Run.labels)
+    <run>/gen-000/selections/<name>.parquet     a saved selection, keyed by task or a name (Run.selection_path);
+                                                runs made before selections were keyed have gen-000/selection.parquet,
+                                                read as the selection named "selection"
+    <run>/gen-000/metrics.json                  the loop's per-generation metrics (Run.metrics)
+    <run>/gen-000/<name>.parquet                the loop's training inputs (Run.frame_path: train_accepted, train_set)
+    <run>/gen-000/eval/                         the evaluation's own run (Run.eval_run)
+    <run>/gen-001/checkpoint/                   the model trained at the end of generation 0 (Run.checkpoint_dir)
+    <run>/panel/gen-001/                        the training panel's fine-tunes (Run.panel_dir)
 
 Every file is written to a temporary name and renamed into place, so a process killed at any
 moment leaves either a whole part or none; a rerun reads what is there and does only the rest.
@@ -28,6 +39,19 @@ from .errors import InputDataError, RunConfigError
 
 
 _HOST = socket.gethostname().replace("-", "_")
+SCORE_PREFIX = "score__"  # a graded table's column for grader <name> is score__<name>
+TRAINED_PREFIX = "trained_on__"  # True on the rows a fitted grader (a Panel) was trained on
+LEGACY_SELECTION = "selection"  # the name a run made before keyed selections gives its gen-XXX/selection.parquet
+
+
+def score_column(name: str) -> str:
+    """The graded table's column of grader `name` (a column name is returned as it is)."""
+    return name if name.startswith(SCORE_PREFIX) else SCORE_PREFIX + name
+
+
+def score_columns(frame: pd.DataFrame) -> dict[str, str]:
+    """grader name -> its score column, in the frame's column order."""
+    return {c[len(SCORE_PREFIX):]: c for c in frame.columns if str(c).startswith(SCORE_PREFIX)}
 _LEDGER_KEY = b"workbench.ledger"  # a part's own ledger line, in its parquet metadata
 
 
@@ -83,6 +107,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _plain(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
@@ -134,10 +164,56 @@ class Run:
         config[section] = values
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
-    # ------------------------------------------------------------------ tables
-    def table_dir(self, table: str, generation: int = 0) -> Path:
-        return self.path / f"gen-{generation:03d}" / table
+    # ------------------------------------------------------------------ layout
+    @staticmethod
+    def generation_name(generation: int) -> str:
+        """A generation's folder name, also its label in data (a training row's `source`)."""
+        return f"gen-{int(generation):03d}"
 
+    def generation_dir(self, generation: int) -> Path:
+        return self.path / self.generation_name(generation)
+
+    def config_key(self, stage: str, name: str, generation: int) -> str:
+        """The config.yaml section of one stage's settings for one generation (e.g. "grade:judge:gen-000")."""
+        return f"{stage}:{name}:{self.generation_name(generation)}"
+
+    def table_dir(self, table: str, generation: int = 0) -> Path:
+        return self.generation_dir(generation) / table
+
+    def metrics_path(self, generation: int) -> Path:
+        return self.generation_dir(generation) / "metrics.json"
+
+    def checkpoint_dir(self, generation: int) -> Path:
+        """The model generation `generation` starts from (trained at the end of generation - 1)."""
+        return self.generation_dir(generation) / "checkpoint"
+
+    def frame_path(self, generation: int, name: str) -> Path:
+        """A whole-table file of a generation (the loop's `train_accepted`, `train_set`)."""
+        return self.generation_dir(generation) / f"{name}.parquet"
+
+    def eval_run(self, generation: int) -> "Run":
+        """The evaluation of a generation's model keeps its generations in a run of its own."""
+        return Run(self.generation_dir(generation) / "eval")
+
+    def panel_dir(self, generation: int) -> Path:
+        """Where the training panel writes a fine-tune of generation `generation - 1`'s selection."""
+        return self.path / "panel" / self.generation_name(generation)
+
+    def selection_path(self, generation: int = 0, name: str = LEGACY_SELECTION) -> Path:
+        if name == LEGACY_SELECTION:
+            return self.generation_dir(generation) / "selection.parquet"
+        if not name or "/" in name or name.startswith("."):
+            raise InputDataError(f"A selection name must be a plain file name, got {name!r}.",
+                                 "Use the task's name or a short name such as 'explorer' or 'combined'.")
+        return self.generation_dir(generation) / "selections" / f"{name}.parquet"
+
+    def selections(self, generation: int = 0) -> list[str]:
+        """Names of the generation's saved selections (a pre-keyed run's selection.parquet is "selection")."""
+        folder = self.generation_dir(generation) / "selections"
+        names = sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
+        return names + ([LEGACY_SELECTION] if self.selection_path(generation).exists() else [])
+
+    # ------------------------------------------------------------------ tables
     def parts(self, table: str, generation: int = 0) -> list[Path]:
         folder = self.table_dir(table, generation)
         return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
@@ -178,7 +254,7 @@ class Run:
         tmp.unlink(missing_ok=True)
         if entry is not None:
             self._write_ledger_line({**entry, "part": str(path.relative_to(self.path))})
-        self._write_manifest()
+        self.refresh_manifest()
         return path
 
     def read(self, table: str, generation: int = 0, columns: list[str] | None = None) -> pd.DataFrame:
@@ -202,11 +278,66 @@ class Run:
     def generations(self) -> list[int]:
         return sorted(int(p.name.split("-")[1]) for p in self.path.glob("gen-[0-9][0-9][0-9]") if p.is_dir())
 
-    def _write_manifest(self) -> None:
+    # ------------------------------------------------------------------ samples, scores, labels
+    def samples(self, generation: int = 0) -> pd.DataFrame:
+        return self.read("samples", generation)
+
+    @staticmethod
+    def scores_table(grader: str) -> str:
+        return f"scores/{grader}"
+
+    def graders(self, generation: int = 0) -> list[str]:
+        """Names of the graders with stored scores in this generation."""
+        folder = self.table_dir("scores", generation)
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if folder.exists() else []
+
+    def scores(self, grader: str, generation: int = 0) -> pd.DataFrame:
+        """One grader's stored scores: sample_id, score."""
+        return self.read(self.scores_table(grader), generation)
+
+    def graded(self, generation: int = 0) -> pd.DataFrame:
+        """The generation's samples with every stored grader's scores as score__<grader> columns (and, for
+        a grader fitted on some of the rows, a boolean trained_on__<grader> column marking them)."""
+        samples = self.samples(generation)
+        for grader in self.graders(generation):
+            scores = self.scores(grader, generation)
+            if len(scores):
+                samples[score_column(grader)] = samples["sample_id"].map(dict(zip(scores["sample_id"], scores["score"])))
+                if "trained_on" in scores.columns:
+                    trained = set(scores.loc[scores["trained_on"].fillna(False).astype(bool), "sample_id"])
+                    samples[TRAINED_PREFIX + grader] = samples["sample_id"].isin(trained)
+        return samples
+
+    def add_label(self, sample_id: str, label: str | None, reviewer: str = "", generation: int = 0) -> None:
+        """Record a human verdict ('good', 'bad', or None to clear it), with reviewer and time."""
+        self.append("labels", pd.DataFrame([{
+            "sample_id": sample_id, "label": label or "", "reviewer": reviewer or "",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]), generation)
+
+    def labels(self, generation: int = 0) -> dict[str, str]:
+        """sample_id -> 'good' | 'bad': the latest label of each sample (a cleared label drops it)."""
+        stored = self.read("labels", generation)
+        latest = dict(zip(stored["sample_id"], stored["label"])) if len(stored) else {}
+        return {sample_id: label for sample_id, label in latest.items() if label}
+
+    # ------------------------------------------------------------------ metrics
+    def metrics(self, generation: int) -> dict:
+        path = self.metrics_path(generation)
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def update_metrics(self, generation: int, **sections: Any) -> dict:
+        """Merge `sections` into the generation's metrics.json (atomically); returns the whole dict."""
+        metrics = {**self.metrics(generation), "generation": generation, **sections}
+        atomic_write_text(self.metrics_path(generation), json.dumps(metrics, indent=2, default=_plain))
+        return metrics
+
+    def refresh_manifest(self) -> None:
+        """Rewrite manifest.json from the parts on disk (e.g. after other processes appended to the run)."""
         import pyarrow.parquet as pq
 
         tables = {}
-        for folder in sorted(self.path.glob("gen-*/*")):
+        for folder in self._table_dirs():
             parts = sorted(folder.glob("part-*.parquet"))
             if parts:
                 rows = [pq.ParquetFile(p).metadata.num_rows for p in parts]
@@ -214,6 +345,23 @@ class Run:
                     "rows": sum(rows), "parts": [{"file": p.name, "rows": r} for p, r in zip(parts, rows)]}
         manifest = {"updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tables": tables}
         atomic_write_text(self.path / "manifest.json", json.dumps(manifest, indent=2))
+
+    def _table_dirs(self) -> list[Path]:
+        """Every folder of parts in this run's generations (samples, labels, scores/<grader>), not those
+        of a run nested inside one (a generation's eval/ keeps its own manifest and ledger)."""
+        found = []
+
+        def walk(folder: Path) -> None:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if any(folder.glob("part-*.parquet")):
+                found.append(folder)
+            for child in children:
+                if not (child / "config.yaml").exists() and not (child / "ledger.jsonl").exists():
+                    walk(child)
+
+        for generation in self.generations():
+            walk(self.generation_dir(generation))
+        return found
 
     @property
     def manifest(self) -> dict:
@@ -254,7 +402,7 @@ class Run:
                 continue  # a line cut by a kill: restored from its part below
         logged = {row.get("part") for row in rows}
         restored = []
-        for part in sorted(self.path.glob("gen-[0-9][0-9][0-9]/**/part-*.parquet")):
+        for part in (p for folder in self._table_dirs() for p in sorted(folder.glob("part-*.parquet"))):
             name = str(part.relative_to(self.path))
             if name in logged:
                 continue

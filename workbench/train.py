@@ -91,7 +91,7 @@ def tokenize_examples(examples: pd.DataFrame, tokenizer, max_length: int = 256,
                       system_prompt: str | None = None) -> list[tuple[list[int], int]]:
     """Each example -> (token ids, number of leading prompt tokens). Completions get the end-of-turn
     token when the example stopped by itself (finish_reason 'stop', or a chat example without one)."""
-    from .generation import encode_prompt
+    from .models import encode_text
 
     missing = [c for c in ("prompt", "completion") if c not in examples.columns]
     if missing:
@@ -104,7 +104,7 @@ def tokenize_examples(examples: pd.DataFrame, tokenizer, max_length: int = 256,
         completion = row["completion"]
         if not isinstance(completion, str) or not completion.strip():
             continue  # nothing to learn from an empty completion
-        prompt_ids = encode_prompt(tokenizer, str(row["prompt"]), chat, system_prompt)
+        prompt_ids = encode_text(tokenizer, str(row["prompt"]), chat, system_prompt)
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
         finish = row.get("finish_reason")
         if finish == "stop" or (chat and finish not in ("length",)):
@@ -235,6 +235,49 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux reports KiB
 
 
+def _spec(model: str | LoadedModel) -> str:
+    """What to reload a fresh copy from (the caller's model is never trained in place)."""
+    if isinstance(model, LoadedModel):
+        return model.path if model.info.get("kind") != "embedded" else model.spec
+    return model
+
+
+def _trainable(net, config: TrainConfig, device: str, world: int):
+    """The network to optimise: LoRA adapters when asked, wrapped for DDP under several processes."""
+    import torch
+
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        net = get_peft_model(net, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                                             target_modules=list(config.lora_targets), task_type="CAUSAL_LM"))
+    net.train()
+    if world > 1:  # one process per device under `accelerate launch` / torchrun: gradients all-reduced by DDP
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
+    return net
+
+
+def _accumulate_gradients(net, batch_rows, n_targets: int, config: TrainConfig, device: str, autocast,
+                          pad_id: int, rank: int, world: int) -> float:
+    """Backpropagate one optimizer step's rows in micro-batches; returns the step's mean target loss.
+
+    Each process takes every world-th row of the step; DDP averages gradients over processes, so losses
+    are scaled by `world` to give the gradient of the mean over the whole step. A process left without
+    rows backpropagates a zero-weighted row to join the all-reduce."""
+    import torch
+
+    mine = batch_rows[rank::world] or batch_rows[:1]
+    weight = world if batch_rows[rank::world] else 0.0
+    loss_sum = 0.0
+    for piece in _micro_batches(mine, config.micro_batch_tokens):
+        with torch.autocast(device_type=device.split(":")[0], dtype=autocast, enabled=autocast is not None):
+            loss, n_piece = _batch_loss(net, piece, device, pad_id)
+        (loss * (weight * n_piece / n_targets)).backward()  # the sum is the step's mean loss
+        loss_sum += float(loss.detach()) * n_piece * (weight > 0)
+    return float(torch.tensor(_all_reduce_sum(loss_sum, world) / n_targets))
+
+
 def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, config: TrainConfig | None = None,
              out_dir: str | os.PathLike | None = None, callback: Callable[[dict], None] | None = None,
              **overrides) -> TrainResult:
@@ -256,24 +299,14 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
                              "or mix in real data (workbench.train.mix with 'accumulate' or keep_real).")
     device = _choose_device(config.device)
     world, rank = _distributed(device)  # before loading, so each process loads onto its own GPU
-    spec = model.path if isinstance(model, LoadedModel) and model.info.get("kind") != "embedded" else (
-        model.spec if isinstance(model, LoadedModel) else model)
-    loaded = load_model(spec, dtype="fp32", device=device)  # master weights in fp32; autocast below
+    loaded = load_model(_spec(model), dtype="fp32", device=device)  # master weights in fp32; autocast below
     net, tokenizer = loaded.model, loaded.tokenizer
     rows = tokenize_examples(examples, tokenizer, config.max_length, config.system_prompt)
     if not rows:
         raise InputDataError("Every training example has an empty completion.", "Check the accepted samples.")
 
     torch.manual_seed(config.seed)
-    if config.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        net = get_peft_model(net, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                             target_modules=list(config.lora_targets), task_type="CAUSAL_LM"))
-    net.train()
-    if world > 1:  # one process per device under `accelerate launch` / torchrun: gradients all-reduced by DDP
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
+    net = _trainable(net, config, device, world)
     trainable = [p for p in net.parameters() if p.requires_grad]
     fused = {"fused": True} if device == "cpu" or device.startswith("cuda") else {}
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, **fused)
@@ -296,19 +329,8 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, total, config.lr, config.warmup_steps)
                 n_targets = sum(len(ids) - n_prompt for ids, n_prompt in batch_rows)
-                # each process takes every world-th row of the step; DDP averages gradients over processes,
-                # so losses are scaled by `world` to give the gradient of the mean over the whole step.
-                # A process left without rows backpropagates a zero-weighted row to join the all-reduce.
-                mine = batch_rows[rank::world] or batch_rows[:1]
-                weight = world if batch_rows[rank::world] else 0.0
-                loss_sum = 0.0
-                for piece in _micro_batches(mine, config.micro_batch_tokens):
-                    with torch.autocast(device_type=device.split(":")[0], dtype=autocast,
-                                        enabled=autocast is not None):
-                        loss, n_piece = _batch_loss(net, piece, device, tokenizer.pad_token_id)
-                    (loss * (weight * n_piece / n_targets)).backward()  # the sum is the step's mean loss
-                    loss_sum += float(loss.detach()) * n_piece * (weight > 0)
-                loss = torch.tensor(_all_reduce_sum(loss_sum, world) / n_targets)
+                loss = _accumulate_gradients(net, batch_rows, n_targets, config, device, autocast,
+                                             tokenizer.pad_token_id, rank, world)
                 grad_norm = (float(torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip))
                              if config.grad_clip else float("nan"))
                 optimizer.step()
@@ -318,7 +340,7 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
                 padded_tokens += max(len(r[0]) for r in batch_rows) * len(batch_rows)
                 target_tokens += n_targets
                 elapsed = time.perf_counter() - started
-                event = {"step": step + 1, "total_steps": total, "epoch": epoch, "loss": float(loss.detach()),
+                event = {"step": step + 1, "total_steps": total, "epoch": epoch, "loss": loss,
                          "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "rows": len(batch_rows),
                          "tokens": real, "target_tokens": n_targets, "seconds": elapsed,
                          "tokens_per_s": real_tokens / max(elapsed, 1e-9)}
@@ -343,14 +365,20 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
              "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"], "base_model": loaded.name,
              "processes": world,
              "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}}
-    history_frame = pd.DataFrame(history)
+    return _finish(net, tokenizer, pd.DataFrame(history), stats, out_dir, rank, world)
+
+
+def _finish(net, tokenizer, history: pd.DataFrame, stats: dict, out_dir, rank: int, world: int) -> TrainResult:
+    """Write the checkpoint (one process writes; the others wait for it) and wrap up the result."""
+    import torch
+
     checkpoint = None
     if out_dir and rank == 0:  # every process holds the same weights; one writes them
-        checkpoint = save_checkpoint(net, tokenizer, Path(out_dir), history_frame, stats)
+        checkpoint = save_checkpoint(net, tokenizer, Path(out_dir), history, stats)
     if world > 1:
         torch.distributed.barrier()  # the others return once the checkpoint is in place
         checkpoint = Path(out_dir) / "checkpoint" if out_dir else None
-    return TrainResult(history=history_frame, checkpoint=checkpoint, stats=stats, model=net)
+    return TrainResult(history=history, checkpoint=checkpoint, stats=stats, model=net)
 
 
 def save_checkpoint(net, tokenizer, out_dir: Path, history: pd.DataFrame, stats: dict) -> Path:

@@ -7,7 +7,8 @@ then compare the model before and after.
 
 Before/after: held-out perplexity on real text, task accuracy on held-out problems (arithmetic, strict
 and lenient), diversity of free generations, and a few example completions side by side, all from
-`workbench.loop.evaluate`, so the panel and the loop measure the same way.
+`workbench.evaluate.evaluate`, so the panel and the loop measure the same way. With a run, the fine-tune
+and both evaluations go under `run.panel_dir(generation + 1)`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputDataError
+from .config import from_fields
+from .loop_config import EvalConfig
 from .models import DEFAULT_MODEL
 
 
@@ -24,15 +27,17 @@ class TrainingPanel:
     """Parameters are stored as given; results land in `result`, `comparison` and `examples`."""
 
     def __init__(self, explorer=None, samples: pd.DataFrame | None = None, model=DEFAULT_MODEL, run=None,
-                 generation: int = 0, train: dict | None = None, eval: dict | None = None, n_examples: int = 5,
-                 task_params: dict | None = None, out_dir: str | Path | None = None):
+                 generation: int = 0, train: dict | None = None, eval: dict | EvalConfig | None = None,
+                 n_examples: int = 5, task_params: dict | None = None, out_dir: str | Path | None = None):
         if explorer is None and samples is None:
             raise InputDataError("TrainingPanel needs a ThresholdExplorer or accepted samples.",
                                  "Pass TrainingPanel(explorer) or TrainingPanel(samples=accepted_rows).")
         self.explorer, self.samples, self.model, self.run = explorer, samples, model, run
         self.generation, self.train_options, self.n_examples = generation, dict(train or {}), n_examples
-        self.eval_options = {"heldout_problems": 24, "heldout_texts": 8, "diversity_prompts": 8,
-                             "diversity_tokens": 32, **(eval or {})}
+        # small by default (a panel answers in seconds); `eval` sets EvalConfig fields, or is one
+        self.eval_settings = eval if isinstance(eval, EvalConfig) else from_fields(EvalConfig, {
+            "heldout_problems": 24, "heldout_texts": 8, "diversity_prompts": 8, "diversity_tokens": 32,
+            **(eval or {})}, "eval")
         self.task_params = dict(task_params or {})
         self.out_dir = out_dir
         self.result = None
@@ -45,21 +50,21 @@ class TrainingPanel:
     def selected(self) -> pd.DataFrame:
         """The rows to train on: the explorer's accepted rows (human labels included) or the given samples."""
         if self.explorer is not None:
-            return self.explorer.samples[self.explorer.accepted].reset_index(drop=True)
+            return self.explorer.samples[self.explorer.accepted_mask].reset_index(drop=True)
         return self.samples.reset_index(drop=True)
 
     def _folder(self) -> Path:
         if self.out_dir is not None:
             return Path(self.out_dir)
         if self.run is not None:
-            return self.run.path / "panel" / f"gen-{self.generation + 1:03d}"
+            return self.run.panel_dir(self.generation + 1)
         import tempfile
 
         return Path(tempfile.mkdtemp(prefix="workbench-panel-"))
 
     def train(self):
         """Fine-tune on the current selection, then evaluate before and after. Never raises in the widget."""
-        from .loop import LoopConfig, evaluate
+        from .evaluate import evaluate
         from .models import load_model
         from .store import Run
         from .train import finetune
@@ -71,17 +76,17 @@ class TrainingPanel:
         folder = self._folder()
         task = str(rows["task"].iloc[0]) if "task" in rows.columns else "instructions"
         task = task if task in ("arithmetic", "instructions", "corpus") else "instructions"
-        config = LoopConfig(run=str(folder), model=self.model if isinstance(self.model, str) else self.model.path,
-                            task=task, task_params=self.task_params, generations=0, eval=self.eval_options)
+        measure = dict(task=task, settings=self.eval_settings, task_params=self.task_params,
+                       training_prompts=rows["prompt"].tolist())  # held-out problems: none of these
         before_model = self.model if not isinstance(self.model, str) else load_model(self.model, dtype="fp32")
         self._status(f"Evaluating the model before training ({len(rows)} accepted samples selected)...")
-        before = evaluate(before_model, config, Run(folder / "before"), 0)
+        before = evaluate(before_model, Run(folder / "before"), **measure)
         self._status(f"Fine-tuning on {len(rows)} samples...")
         self.result = finetune(rows, model=before_model, out_dir=folder, callback=self._on_step,
                                **self.train_options)
         after_model = load_model(str(self.result.checkpoint), dtype="fp32")
         self._status("Evaluating the model after training...")
-        after = evaluate(after_model, config, Run(folder / "after"), 0)
+        after = evaluate(after_model, Run(folder / "after"), **measure)
         keys = [k for k in before if k in after and isinstance(before[k], float) and k != "eval_seconds"]
         self.comparison = pd.DataFrame({"metric": keys, "before": [before[k] for k in keys],
                                         "after": [after[k] for k in keys]})
@@ -97,7 +102,7 @@ class TrainingPanel:
 
     @staticmethod
     def _side_by_side(prompts: pd.DataFrame, before_model, after_model) -> pd.DataFrame:
-        from .generation import generate
+        from .sampling import generate
 
         columns = [c for c in ("prompt_id", "prompt", "chat", "task", "reference") if c in prompts.columns]
         table = prompts[columns].reset_index(drop=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .store import score_column
+
 ACCEPTED, REJECTED, THRESHOLD = "#2a9d8f", "#e76f51", "#264653"
 
 
@@ -48,10 +50,11 @@ def score_scatter(frame: pd.DataFrame, x: str, y: str, accepted) -> "object":
     """Two graders against each other, accepted rows in one colour, rejected in the other."""
     go = _go()
     accepted = np.asarray(accepted, dtype=bool)
+    x_scores, y_scores = frame[score_column(x)], frame[score_column(y)]
     figure = go.Figure([
-        go.Scattergl(x=frame.loc[accepted, f"score__{x}"], y=frame.loc[accepted, f"score__{y}"], mode="markers",
+        go.Scattergl(x=x_scores[accepted], y=y_scores[accepted], mode="markers",
                      name="accepted", marker=dict(color=ACCEPTED, size=5, opacity=0.6)),
-        go.Scattergl(x=frame.loc[~accepted, f"score__{x}"], y=frame.loc[~accepted, f"score__{y}"], mode="markers",
+        go.Scattergl(x=x_scores[~accepted], y=y_scores[~accepted], mode="markers",
                      name="rejected", marker=dict(color=REJECTED, size=5, opacity=0.6)),
     ])
     figure.update_layout(title=f"{x} vs {y}", xaxis_title=x, yaxis_title=y, height=320,

@@ -10,7 +10,7 @@ take a model, so the run store, graders and notebooks work unchanged on any of t
     "openai:MODEL"                            base URL from $OPENAI_BASE_URL
     "llamacpp:PATH.gguf" / "llamacpp:smollm2-135m"   in-process llama-cpp-python (optional extra)
 
-The embedded transformers path stays in `workbench.generation` (it batches on the token level, which
+The embedded transformers path stays in `workbench.sampling` (it batches on the token level, which
 a request/response backend cannot).
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """In-process llama.cpp (`llama-cpp-python`, the optional extra `llamacpp`) on a GGUF file.
 
-The fastest single-stream CPU path (DESIGN.md: ~120 tok/s at batch 1 for the embedded Q4_1 GGUF),
-with the GGUF's own chat template. One request at a time (a llama.cpp context is not thread-safe).
+A single-stream CPU path (README, "Backend speed on this machine": ~55 useful tok/s one request at a
+time on the embedded Q4_1 GGUF, prompt passes included), with the GGUF's own chat template. One
+request at a time (a llama.cpp context is not thread-safe).
 Logprobs need a context built with `logits_all=True`; the judge gets one of those lazily, so plain
 generation does not pay for its vocab-sized logits buffer.
 """
@@ -129,7 +130,7 @@ class LlamaServer:
         with LlamaServer("smollm2-135m") as server:
             generate(prompts, model=server.spec)        # "openai:smollm2@http://127.0.0.1:PORT/v1"
 
-    Measured with 0.3.36 (DESIGN.md): one request at a time; `--interrupt_requests False` so a new
+    Measured with 0.3.36: it serves one request at a time (README); `--interrupt_requests False` so a new
     request does not cut off a running one; SIGTERM may not stop it, so `stop()` falls back to SIGKILL.
     """
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputDataError
+from ..store import score_column
 
 
 class Grader(Protocol):
@@ -35,7 +36,14 @@ def grader_config(grader) -> dict:
 
 
 def grade(samples: pd.DataFrame, graders: Sequence, run=None, generation: int = 0) -> pd.DataFrame:
-    """Return a copy of `samples` with a column `score__<name>` per grader (stored in / reused from `run`)."""
+    """Return a copy of `samples` with a column `score__<name>` per grader (stored in / reused from `run`).
+
+    Graders run in order and each sees the score columns of the ones before it (a `Panel` combines them).
+    A grader with `groupwise = True` (Consistency, PairwiseJudge) scores a row against the other samples of
+    its prompt: it is given every row of a prompt that has any row left to score, so a resumed pass scores
+    exactly as an uninterrupted one. A grader with `training_ids_` after scoring (a fitted Panel) has those
+    rows stored as `trained_on`, so an audit never scores it on its own training rows.
+    """
     if "sample_id" not in samples.columns and run is not None:
         raise InputDataError("Samples without a sample_id column cannot be stored in a run.",
                              "Grade the output of workbench.generate(), or pass run=None.")
@@ -44,27 +52,39 @@ def grade(samples: pd.DataFrame, graders: Sequence, run=None, generation: int = 
         raise InputDataError(f"Two graders share a name: {names}.", "Give each grader a distinct name=.")
     out = samples.copy()
     for grader in graders:
-        column = f"score__{grader.name}"
+        column = score_column(grader.name)
         if run is None:
-            out[column] = _checked(grader, grader.score(samples), samples)
+            out[column] = _checked(grader, grader.score(out), out)
             continue
-        run.check_config(f"grade:{grader.name}:gen-{generation:03d}", grader_config(grader))
-        table = f"scores/{grader.name}"
+        run.check_config(run.config_key("grade", grader.name, generation), grader_config(grader))
+        table = run.scores_table(grader.name)
         stored = run.read(table, generation)
         known = dict(zip(stored["sample_id"], stored["score"])) if len(stored) else {}
-        todo = samples[~samples["sample_id"].isin(known)]
+        todo = out[~out["sample_id"].isin(known)]
         if len(todo):
-            started = time.perf_counter()
-            scores = _checked(grader, grader.score(todo), todo)
-            seconds = time.perf_counter() - started
-            run.append(table, pd.DataFrame({"sample_id": todo["sample_id"].to_numpy(),
-                                            "score": scores.to_numpy(dtype=float)}), generation, log=dict(
-                stage="grade", generation=generation, grader=grader.name, items=len(todo),
-                seconds=round(seconds, 3), items_per_s=round(len(todo) / max(seconds, 1e-9), 2),
-                nan=int(scores.isna().sum()), **({"method": grader.method_} if hasattr(grader, "method_") else {})))
-            known.update(zip(todo["sample_id"], scores.to_numpy(dtype=float)))
-        out[column] = samples["sample_id"].map(known).astype(float).to_numpy()
+            known.update(_score_and_store(grader, out, todo, run, table, generation))
+        out[column] = out["sample_id"].map(known).astype(float).to_numpy()
     return out
+
+
+def _score_and_store(grader, out: pd.DataFrame, todo: pd.DataFrame, run, table: str, generation: int) -> dict:
+    """Score the rows in `todo` (with their prompts' other rows for a groupwise grader), store them as a
+    part with its ledger line, and return sample_id -> score."""
+    context = todo
+    if getattr(grader, "groupwise", False) and "prompt_id" in out.columns:
+        context = out[out["prompt_id"].isin(set(todo["prompt_id"]))]
+    started = time.perf_counter()
+    scores = _checked(grader, grader.score(context), context).loc[todo.index]
+    seconds = time.perf_counter() - started
+    part = pd.DataFrame({"sample_id": todo["sample_id"].to_numpy(), "score": scores.to_numpy(dtype=float)})
+    trained = getattr(grader, "training_ids_", None)
+    if trained is not None:
+        part["trained_on"] = part["sample_id"].isin(set(trained)).to_numpy()
+    run.append(table, part, generation, log=dict(
+        stage="grade", generation=generation, grader=grader.name, items=len(todo),
+        seconds=round(seconds, 3), items_per_s=round(len(todo) / max(seconds, 1e-9), 2),
+        nan=int(scores.isna().sum()), **({"method": grader.method_} if hasattr(grader, "method_") else {})))
+    return dict(zip(todo["sample_id"], scores.to_numpy(dtype=float)))
 
 
 def scoring_method(run, grader: str = "judge", generation: int = 0) -> str | None:

@@ -1,9 +1,10 @@
 """Graders that run a language model: the self-judge and perplexity under a reference model.
 
-Both use the fast engine's forward pass (shared prompt start run once, batched, logits only where
-needed) for Llama-family models and a plain transformers forward otherwise. Default dtype fp32:
-bf16 flips a few percent of the judge's close Yes/No calls (DESIGN.md), and the dtype is part of the
-grader's settings stored in the run.
+Both run the model through `LoadedModel.token_logprobs` / `next_token_logits`, which use the fast
+engine's forward pass (shared prompt start run once, batched, logits only where needed) for
+Llama-family models and a plain transformers forward otherwise. Default dtype fp32: bf16 and int8 flip
+some of the judge's close Yes/No calls (README: int8 flipped 7%), and the dtype is part of the grader's
+settings stored in the run.
 """
 from __future__ import annotations
 
@@ -31,21 +32,12 @@ class _ModelGrader:
             model if isinstance(model, str) else getattr(model, "name", "model"))
         self.dtype, self.quantize, self.batch_size = dtype, quantize, batch_size
         self._loaded = model if isinstance(model, LoadedModel) else None
-        self._engine = None
 
     @property
     def loaded(self) -> LoadedModel:
         if self._loaded is None:
             self._loaded = load_model(self.model, dtype=self.dtype)
         return self._loaded
-
-    @property
-    def engine(self):
-        from ..engine import LlamaEngine, supports
-
-        if self._engine is None and supports(self.loaded.model):
-            self._engine = LlamaEngine(self.loaded.model, quantize=self.quantize)
-        return self._engine
 
 
 class SelfJudge(_ModelGrader):
@@ -72,9 +64,7 @@ class SelfJudge(_ModelGrader):
         return f"{self.rubric}\n\nTask: {prompt}\n\nAnswer: {completion}\n\n{question}"
 
     def prompt_ids(self, prompt: str, completion: str) -> list[int]:
-        from ..generation import encode_prompt
-
-        return encode_prompt(self.loaded.tokenizer, self.prompt_text(prompt, completion), True, None)
+        return self.loaded.encode(self.prompt_text(prompt, completion), chat=True)
 
     def candidate_ids(self) -> tuple[list[int], list[int]] | list[int]:
         tokenizer = self.loaded.tokenizer
@@ -84,22 +74,9 @@ class SelfJudge(_ModelGrader):
         return [first(str(d)) for d in range(self.low, self.high + 1)]
 
     def logits(self, sequences: list[list[int]]):
-        import torch
-
-        from ..engine import left_padded, next_token_logits
-
         with progress(len(sequences), f"judge:{self.name}", unit="items") as bar:
-            if self.engine is not None:
-                return next_token_logits(self.engine, sequences, self.batch_size, on_batch=bar.update)
-            out = []
-            tokenizer, model = self.loaded.tokenizer, self.loaded.model
-            for start in range(0, len(sequences), self.batch_size):
-                batch = sequences[start:start + self.batch_size]
-                ids, mask = left_padded(batch, tokenizer.pad_token_id)
-                with torch.inference_mode():
-                    out.append(model(input_ids=ids, attention_mask=mask).logits[:, -1].float())
-                bar.update(len(batch))
-            return torch.cat(out)
+            return self.loaded.next_token_logits(sequences, self.batch_size, quantize=self.quantize,
+                                                 on_batch=bar.update)
 
     def score(self, samples: pd.DataFrame) -> pd.Series:
         import torch
@@ -127,7 +104,7 @@ class SelfJudge(_ModelGrader):
         P(Yes) / expected rating as locally, over the candidates it lists), else the rating parsed from the
         greedy reply. `method_` says which: "logprobs", "parsed" or "mixed (N% logprobs)"."""
         from ..backends import Request
-        from ..generation import run_requests
+        from ..sampling import run_requests
 
         requests = [Request(i, self.prompt_text(p, c), True, None, 0, 4, 0.0, 1.0, 0, logprobs=20)
                     for i, (p, c) in enumerate(zip(samples["prompt"], samples["completion"]))]
@@ -181,33 +158,25 @@ class Perplexity(_ModelGrader):
         self.name = name
 
     def score(self, samples: pd.DataFrame) -> pd.Series:
-        import torch
-
-        from ..engine import token_logprobs
-        from ..generation import encode_prompt
-
         require_columns(samples, ["prompt", "completion"], self.name)
         if self._backend is not None:
             raise InputDataError(f"Perplexity {self.name!r} needs the reference model's weights, not a backend "
                                  f"({self.model}): servers do not return the log-probability of given text.",
                                  "Use a local model as the reference (e.g. 'smollm2-135m' or the GGUF file itself).")
-        tokenizer = self.loaded.tokenizer
-        chats = samples["chat"] if "chat" in samples.columns else [True] * len(samples)
-        sequences, starts = [], []
-        for prompt, completion, chat in zip(samples["prompt"], samples["completion"], chats):
-            prompt_ids = encode_prompt(tokenizer, prompt, bool(chat), None)
-            completion_ids = tokenizer.encode(str(completion), add_special_tokens=False)
-            sequences.append(prompt_ids + completion_ids)
-            starts.append(len(prompt_ids))
+        sequences, starts = completion_sequences(self.loaded, samples)
         with progress(len(sequences), f"perplexity:{self.name}", unit="items") as bar:
-            if self.engine is not None:
-                logprobs = token_logprobs(self.engine, sequences, starts, self.batch_size, on_batch=bar.update)
-            else:
-                logprobs = []
-                for seq, first in zip(sequences, starts):
-                    with torch.inference_mode():
-                        logits = self.loaded.model(torch.tensor([seq])).logits[0, first - 1:-1].float()
-                    logprobs.append(torch.log_softmax(logits, -1).gather(
-                        -1, torch.tensor(seq[first:]).unsqueeze(-1)).squeeze(-1).numpy())
-                    bar.update(1)
+            logprobs = self.loaded.token_logprobs(sequences, starts, self.batch_size, quantize=self.quantize,
+                                             on_batch=bar.update)
         return pd.Series([float(np.exp(lp.mean())) if len(lp) else np.nan for lp in logprobs], index=samples.index)
+
+
+def completion_sequences(loaded: LoadedModel, samples: pd.DataFrame) -> tuple[list[list[int]], list[int]]:
+    """Prompt + completion token ids per row (the chat-formatted prompt where the sample's `chat` is True),
+    and where each completion starts: what Perplexity and SelfCertainty score."""
+    chats = samples["chat"] if "chat" in samples.columns else [True] * len(samples)
+    sequences, starts = [], []
+    for prompt, completion, chat in zip(samples["prompt"], samples["completion"], chats):
+        prompt_ids = loaded.encode(prompt, bool(chat))
+        sequences.append(prompt_ids + loaded.tokenizer.encode(str(completion), add_special_tokens=False))
+        starts.append(len(prompt_ids))
+    return sequences, starts

@@ -87,3 +87,45 @@ def score_inflation(anchor_scores: Mapping[int, pd.Series]) -> pd.DataFrame:
         base = mean if base is None else base
         rows.append({"generation": generation, "mean_anchor_score": mean, "inflation": mean - base})
     return pd.DataFrame(rows)
+
+
+def audit_table(graded: pd.DataFrame, verifier: str | None = "verifier",
+                human_labels: Mapping[str, str] | None = None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Every grader (score__<name> column) ranked by ROC AUC against the verifier and, when given, against
+    human labels (sample_id -> 'good' | 'bad'; other labels ignored): one row per (grader, against) with
+    roc_auc, a 95% percentile-bootstrap CI over rows (`n_boot` resamples, seeded; resamples missing a class
+    are skipped), n (rows used), positives, excluded_trained and rank (1 = best within `against`).
+    Rows a fitted grader was trained on (trained_on__<grader> True) are left out of that grader's AUC: its
+    score there is in-sample. The verifier is not ranked against itself. Sorted by against, then rank."""
+    from ..store import SCORE_PREFIX, TRAINED_PREFIX, score_column
+
+    references = {}
+    if verifier and score_column(verifier) in graded.columns:
+        references["verifier"] = pd.to_numeric(graded[score_column(verifier)], errors="coerce").to_numpy(float)
+    if human_labels and "sample_id" in graded.columns:
+        verdict = {"good": 1.0, "bad": 0.0}
+        references["human"] = graded["sample_id"].map(
+            lambda sample_id: verdict.get(human_labels.get(sample_id), np.nan)).to_numpy(float)
+    rng, rows = np.random.default_rng(seed), []
+    for column in [c for c in graded.columns if str(c).startswith(SCORE_PREFIX)]:
+        name = column[len(SCORE_PREFIX):]
+        scores = pd.to_numeric(graded[column], errors="coerce").to_numpy(float)
+        trained = (graded[TRAINED_PREFIX + name].fillna(False).astype(bool).to_numpy()
+                   if TRAINED_PREFIX + name in graded.columns else np.zeros(len(graded), bool))
+        for against, labels in references.items():
+            if against == "verifier" and column == score_column(str(verifier)):
+                continue
+            keep = np.isfinite(scores) & np.isfinite(labels) & ~trained
+            s, y = scores[keep], labels[keep] >= 0.5
+            draws = (rng.integers(0, len(s), len(s)) for _ in range(n_boot if len(s) else 0))
+            boots = np.array([roc_auc(s[i], y[i]) for i in draws], dtype=float)
+            finite = boots[np.isfinite(boots)]
+            low, high = np.percentile(finite, [2.5, 97.5]) if len(finite) else (np.nan, np.nan)
+            rows.append({"grader": name, "against": against, "roc_auc": roc_auc(s, y), "ci_low": float(low),
+                         "ci_high": float(high), "n": int(keep.sum()), "positives": int(y.sum()),
+                         "excluded_trained": int((trained & np.isfinite(scores) & np.isfinite(labels)).sum())})
+    table = pd.DataFrame(rows, columns=["grader", "against", "roc_auc", "ci_low", "ci_high", "n", "positives",
+                                        "excluded_trained"])
+    table["rank"] = table.groupby("against")["roc_auc"].rank(ascending=False, method="min",
+                                                             na_option="bottom").astype(int)
+    return table.sort_values(["against", "rank"], kind="stable").reset_index(drop=True)

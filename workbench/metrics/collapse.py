@@ -16,24 +16,14 @@ import numpy as np
 
 def heldout_perplexity(loaded, texts: Sequence[str], batch_size: int = 8, max_length: int = 256) -> float:
     """exp(total negative log-likelihood / total predicted tokens) of real texts under the model
-    (every token after the first, texts cut to `max_length` tokens). Lower = the model finds real text likelier."""
-    import torch
-
-    from ..engine import LlamaEngine, supports, token_logprobs
-
+    (every token after the first, texts cut to `max_length` tokens). Lower = the model finds real text likelier.
+    `loaded` is a `LoadedModel`: its facade picks the fast engine or transformers."""
     tokenizer = loaded.tokenizer
     sequences = [tokenizer(str(t), add_special_tokens=False)["input_ids"][:max_length] for t in texts]
     sequences = [s for s in sequences if len(s) >= 2]
     if not sequences:
         return float("nan")
-    if supports(loaded.model):
-        logprobs = token_logprobs(LlamaEngine(loaded.model), sequences, [1] * len(sequences), batch_size)
-    else:
-        logprobs = []
-        for seq in sequences:
-            with torch.inference_mode():
-                logits = loaded.model(torch.tensor([seq])).logits[0, :-1].float()
-            logprobs.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(seq[1:])[:, None])[:, 0].numpy())
+    logprobs = loaded.token_logprobs(sequences, [1] * len(sequences), batch_size)
     total = float(sum(lp.sum() for lp in logprobs))
     count = sum(len(lp) for lp in logprobs)
     return float(math.exp(-total / count))

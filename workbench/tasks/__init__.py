@@ -27,6 +27,27 @@ TASKS: dict[str, Callable[..., pd.DataFrame]] = {
 }
 
 
+def _final_number(completion: str) -> float | None:
+    # imported here, not at the top: the graders package imports tasks (Consistency), so a top-level import
+    # of workbench.graders from here would be circular
+    from ..graders.verifier import parse_final_number
+
+    return parse_final_number(completion)
+
+
+# Each task's answer extractor: completion -> a hashable answer (None when it gives none). Self-consistency
+# (workbench.graders.Consistency) compares a prompt's samples by these answers; a task without an entry
+# has free-form answers, which Consistency compares by text or embedding when told to.
+ANSWER_EXTRACTORS: dict[str, Callable[[str], object]] = {
+    "arithmetic": _final_number,
+}
+
+
+def answer_extractor(task: str) -> Callable[[str], object] | None:
+    """The answer extractor of task `task` (see ANSWER_EXTRACTORS), or None when the task has none."""
+    return ANSWER_EXTRACTORS.get(task)
+
+
 def get_task(name: str, **params) -> pd.DataFrame:
     """Build the prompts of task `name` (or of a prompts file, when `name` is a path)."""
     if name not in TASKS and Path(name).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
@@ -37,4 +58,5 @@ def get_task(name: str, **params) -> pd.DataFrame:
     return TASKS[name](**params)
 
 
-__all__ = ["get_task", "TASKS", "arithmetic", "instructions", "corpus", "load_prompts"]
+__all__ = ["get_task", "TASKS", "ANSWER_EXTRACTORS", "answer_extractor", "arithmetic", "instructions", "corpus",
+           "load_prompts"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -56,10 +57,15 @@ def load_prompts(path: str | Path, column: str = "prompt", n: int | None = None,
         raise InputDataError(f"The prompts file {path} has no {column!r} column (columns: {list(frame.columns)}).",
                              f"Rename the column holding the prompts to {column!r}, or pass column=NAME.")
     frame = frame.rename(columns={column: "prompt"})
-    frame["prompt"] = frame["prompt"].astype(str)
+    # a missing prompt (JSON null, a null parquet cell) counts as empty: pandas keeps nulls through astype(str)
+    missing = frame["prompt"].isna()
+    frame["prompt"] = frame["prompt"].where(~missing, "").astype(str)
     empty = frame["prompt"].str.strip() == ""
     if empty.all():
-        raise InputDataError(f"Every prompt in {path} is empty.", "Fill the prompt column.")
+        raise InputDataError(f"Every prompt in {path} is empty or missing.", "Fill the prompt column.")
+    if empty.any():
+        warnings.warn(f"Dropped {int(empty.sum())} of {len(frame)} row(s) of {path} with an empty or missing "
+                      f"prompt ({int(missing.sum())} missing).", stacklevel=2)
     frame = frame[~empty].reset_index(drop=True)
     if n is not None:
         frame = frame.head(n)

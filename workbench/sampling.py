@@ -99,12 +99,10 @@ def stop_token_ids(tokenizer, model) -> list[int]:
 
 
 def encode_prompt(tokenizer, text: str, chat: bool, system_prompt: str | None) -> list[int]:
-    if not chat:
-        return tokenizer(text, add_special_tokens=True)["input_ids"]
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else []) + [
-        {"role": "user", "content": text}]
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    """`LoadedModel.encode` for callers that hold only a tokenizer (tests, benchmarks)."""
+    from .models import encode_text
+
+    return encode_text(tokenizer, text, chat, system_prompt)
 
 
 def _hf_generate(loaded: LoadedModel, requests, stop_ids, params: SamplingParams, batch_size: int):
@@ -179,48 +177,52 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
     run, done = _open_run(run, prompts, {"model": loaded.name, "dtype": loaded.dtype, "quantize": quantize,
                                          "engine": engine_name}, params, generation)
 
-    tokenizer = loaded.tokenizer
-    budget = loaded.context_length - max_new_tokens
-    if budget <= 0:
-        raise InputDataError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
-                             f"{loaded.context_length}-token context.", f"Use max_new_tokens < {loaded.context_length}.")
-    rows, requests, truncated = [], [], 0
-    for prompt in _shard(prompts, shard).to_dict("records"):
-        prompt_ids = encode_prompt(tokenizer, prompt["prompt"], bool(prompt["chat"]), system_prompt)
-        was_truncated = len(prompt_ids) > budget
-        if was_truncated:
-            prompt_ids = prompt_ids[-budget:]  # keep the end: it holds the question and the assistant turn
-        for index in range(n_per_prompt):
-            sample_id, sample_seed = _sample_identity((loaded.name, loaded.dtype, quantize), params, prompt, index)
-            if sample_id in done:
-                continue
-            truncated += was_truncated
-            requests.append(fast.Request(len(rows), prompt_ids, sample_seed, max_new_tokens))
-            rows.append({**prompt, "sample_id": sample_id, "sample_index": index, "n_prompt_tokens": len(prompt_ids),
-                         "prompt_truncated": was_truncated, "seed": seed, "sample_seed": sample_seed})
-    if truncated:
-        warnings.warn(f"{truncated} prompt(s) were longer than the context allows ({budget} tokens = context "
-                      f"{loaded.context_length} - max_new_tokens {max_new_tokens}); kept their last {budget} "
-                      "tokens. The ledger counts them (truncated_prompts).", stacklevel=2)
-
+    rows, requests = _local_requests(loaded, prompts, params, quantize, done, shard)
     constant = _constant_columns(loaded.name, params, loaded.dtype, quantize, engine_name)
-    stops = stop_token_ids(tokenizer, loaded.model)
+    stops = stop_token_ids(loaded.tokenizer, loaded.model)
     if use_fast:
-        import torch
-
-        per_slot = (2 * len(loaded.model.model.layers) * loaded.model.config.num_key_value_heads
-                    * (max((len(r.prompt_ids) for r in requests), default=1) + max_new_tokens)
-                    * (loaded.model.config.hidden_size // loaded.model.config.num_attention_heads)
-                    * torch.finfo(getattr(torch, loaded.dtype)).bits // 8)
+        per_slot = loaded.kv_bytes_per_token() * (max((len(r.prompt_ids) for r in requests), default=1)
+                                                  + max_new_tokens)
         slots = max(1, min(batch_size, max_cache_bytes // max(per_slot, 1)))
-        runner = fast.LlamaEngine(loaded.model, quantize=quantize)
+        runner = loaded.fast_engine(quantize)  # built once per model and quantize, shared with the graders
         finished_iter = runner.run(requests, stops, temperature, top_k, top_p, slots=slots)
     else:
         finished_iter = _hf_generate(loaded, requests, stops, params, batch_size)
 
-    new_rows = _collect(finished_iter, rows, constant, tokenizer, run, generation, requests,
+    new_rows = _collect(finished_iter, rows, constant, loaded.tokenizer, run, generation, requests,
                         checkpoint_every or 2 * batch_size)
-    return _result(new_rows, run, generation, _shard(prompts, shard))
+    return collect_samples(new_rows, run, generation, _shard(prompts, shard))
+
+
+def _local_requests(loaded: LoadedModel, prompts: pd.DataFrame, params: SamplingParams, quantize, done: set,
+                    shard) -> tuple[list[dict], list]:
+    """The rows and engine requests of the samples not yet in the run; a prompt longer than the context
+    allows keeps its last tokens (the question and the assistant turn), with a warning that counts them."""
+    from .engine import Request
+
+    budget = loaded.context_length - params.max_new_tokens
+    if budget <= 0:
+        raise InputDataError(f"max_new_tokens={params.max_new_tokens} leaves no room for the prompt in the model's "
+                             f"{loaded.context_length}-token context.", f"Use max_new_tokens < {loaded.context_length}.")
+    rows, requests, truncated = [], [], 0
+    for prompt in _shard(prompts, shard).to_dict("records"):
+        prompt_ids = loaded.encode(prompt["prompt"], bool(prompt["chat"]), params.system_prompt)
+        was_truncated = len(prompt_ids) > budget
+        if was_truncated:
+            prompt_ids = prompt_ids[-budget:]
+        for index in range(params.n_per_prompt):
+            sample_id, sample_seed = _sample_identity((loaded.name, loaded.dtype, quantize), params, prompt, index)
+            if sample_id in done:
+                continue
+            truncated += was_truncated
+            requests.append(Request(len(rows), prompt_ids, sample_seed, params.max_new_tokens))
+            rows.append({**prompt, "sample_id": sample_id, "sample_index": index, "n_prompt_tokens": len(prompt_ids),
+                         "prompt_truncated": was_truncated, "seed": params.seed, "sample_seed": sample_seed})
+    if truncated:
+        warnings.warn(f"{truncated} prompt(s) were longer than the context allows ({budget} tokens = context "
+                      f"{loaded.context_length} - max_new_tokens {params.max_new_tokens}); kept their last {budget} "
+                      "tokens. The ledger counts them (truncated_prompts).", stacklevel=3)
+    return rows, requests
 
 
 def _open_run(run, prompts: pd.DataFrame, model_setup: dict, params: SamplingParams, generation: int):
@@ -234,7 +236,7 @@ def _open_run(run, prompts: pd.DataFrame, model_setup: dict, params: SamplingPar
     setup = {**model_setup, **asdict(params), "prompts": len(prompts),
              "prompt_set": _hash(list(prompts["prompt_id"]), list(prompts["prompt"]))[:16]}
     tasks = sorted(set(prompts["task"])) if "task" in prompts.columns else ["prompts"]
-    run.check_config(f"generate:{'+'.join(map(str, tasks))}:gen-{generation:03d}", setup)
+    run.check_config(run.config_key("generate", "+".join(map(str, tasks)), generation), setup)
     return run, run.sample_ids("samples", generation)
 
 
@@ -258,7 +260,7 @@ def _shard(prompts: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame
     return prompts if shard is None else prompts.iloc[shard[0]::shard[1]]
 
 
-def _result(new_rows: list[dict], run, generation: int, prompts: pd.DataFrame) -> pd.DataFrame:
+def collect_samples(new_rows: list[dict], run, generation: int, prompts: pd.DataFrame) -> pd.DataFrame:
     """All samples of these prompts in prompt order: from the run when there is one (earlier parts too)."""
     frame = pd.DataFrame(new_rows)
     if run is not None:
@@ -347,7 +349,7 @@ def _generate_with_backend(prompts: pd.DataFrame, backend, params: SamplingParam
     constant = _constant_columns(backend.name, params, backend.engine, None, backend.engine)
     new_rows = _collect(run_requests(backend, requests), rows, constant, None, run, generation, requests,
                         checkpoint_every, backend=backend)
-    return _result(new_rows, run, generation, _shard(prompts, shard))
+    return collect_samples(new_rows, run, generation, _shard(prompts, shard))
 
 
 def run_requests(backend, requests: list) -> Iterator:

@@ -1,0 +1,80 @@
+"""How good a model is, measured the same way by the self-learning loop and the training panel:
+held-out perplexity on real text, strict and lenient accuracy on held-out problems (arithmetic), and
+the diversity report of free generations from fixed prompts.
+
+    metrics = evaluate(loaded, Run("data/runs/x/eval"), task="arithmetic", settings=EvalConfig(heldout_problems=60))
+
+`settings` is the loop's `workbench.loop_config.EvalConfig` (any object with its fields). The generations go
+into `run`, so an interrupted evaluation resumes row by row.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Iterable
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .loop_config import EvalConfig
+    from .store import Run
+
+HELDOUT_SEED = 1_000_003  # held-out problems come from their own seed and exclude every training prompt
+DIVERSITY_KEYS = ("distinct_1", "distinct_2", "entropy_2", "compression_ratio", "self_bleu", "vendi_ngram",
+                  "mean_words")  # reported as diversity_<key>
+
+
+def heldout_problems(task: str, task_params: dict, n: int, exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """`n` verifiable problems from the task's held-out split, minus (to be sure) any prompt in `exclude`."""
+    from .tasks import get_task
+
+    seen = set(exclude)
+    problems = get_task(task, **{**task_params, "n": n, "seed": HELDOUT_SEED, "split": "heldout"})
+    return problems[~problems["prompt"].isin(seen)].head(n).reset_index(drop=True)
+
+
+def diversity_prompts(task: str, n: int, diversity_task: str = "auto") -> pd.DataFrame:
+    """Fixed prompts for free generations: `diversity_task`'s, or (auto) held-out corpus prompts for the
+    corpus task and instructions for any other."""
+    from .tasks import get_task
+
+    if diversity_task == "auto":
+        diversity_task = "corpus" if task == "corpus" else "instructions"
+    if diversity_task == "corpus":
+        return get_task("corpus", n=n, split="heldout", seed=HELDOUT_SEED)
+    return get_task(diversity_task, n=n)
+
+
+def evaluate(loaded, run: "Run", task: str, settings: "EvalConfig", task_params: dict | None = None,
+             seed: int = 0, training_prompts: Iterable[str] = ()) -> dict:
+    """Held-out perplexity, task accuracy (strict and lenient; arithmetic only), and diversity of free
+    generations of model `loaded`; its generations go into `run`. `training_prompts` (read only for
+    arithmetic) are left out of the held-out problems."""
+    from .sampling import generate
+    from .graders import Verifier
+    from .metrics import diversity_report
+    from .metrics.collapse import heldout_perplexity
+    from .tasks import get_task
+
+    out: dict[str, Any] = {}
+    started = time.perf_counter()
+    heldout = get_task("corpus", n=settings.heldout_texts, split="heldout")
+    texts = (heldout["prompt"] + " " + heldout["reference"]).tolist()
+    out["heldout_perplexity"] = heldout_perplexity(loaded, texts)
+    out["heldout_texts"] = len(texts)
+
+    if task == "arithmetic":
+        problems = heldout_problems(task, dict(task_params or {}), settings.heldout_problems, training_prompts)
+        if len(problems):
+            answers = generate(problems, model=loaded, temperature=0.0, max_new_tokens=settings.answer_tokens,
+                               run=run, seed=seed)
+            out["accuracy_strict"] = float(Verifier(strict=True).score(answers).mean())
+            out["accuracy_lenient"] = float(Verifier().score(answers).mean())
+            out["heldout_problems"] = len(answers)
+    prompts = diversity_prompts(task, settings.diversity_prompts, settings.diversity_task)
+    free = generate(prompts, model=loaded, temperature=0.8, max_new_tokens=settings.diversity_tokens, run=run,
+                    seed=seed)
+    report = diversity_report(free["completion"].tolist())
+    for key in DIVERSITY_KEYS:
+        out[f"diversity_{key}"] = report[key]
+    out["eval_seconds"] = time.perf_counter() - started
+    return out
