@@ -99,3 +99,17 @@ def test_graded_table_from_run(tmp_path, graded):
     assert np.allclose(table["score__judge"], graded["score__judge"])
     explorer = ThresholdExplorer(run=run)
     assert explorer.graders == ["judge"]
+
+
+def test_stored_judge_bias_probes_show_in_the_audit_panel(tmp_path, graded):
+    run = Run(tmp_path / "r")
+    run.append("samples", graded.drop(columns=[c for c in graded if c.startswith("score__")]))
+    run.append("scores/judge", pd.DataFrame({"sample_id": graded["sample_id"], "score": graded["score__judge"]}))
+    probes = pd.DataFrame([{"probe": "verbosity_bias", "measure": "mean score change", "estimate": 0.061,
+                            "ci_low": 0.058, "ci_high": 0.063, "n": 16, "ci_method": "bootstrap", "warning": None}])
+    run.write_frame(0, "probes_judge", probes)
+    explorer = ThresholdExplorer(run=run)
+    explorer.widget
+    assert explorer.summary()["probes"]["judge"][0]["estimate"] == pytest.approx(0.061)
+    panel = explorer._ui["audit"].value
+    assert "wb-probes" in panel and "verbosity_bias" in panel and "[0.058, 0.063]" in panel

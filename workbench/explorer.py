@@ -60,6 +60,9 @@ class ExplorerState:
             self.target_rate = saved.target_rate if saved.target_rate is not None else self.target_rate
         self.message = ""
         self.labels = run.labels(generation) if run is not None else {}
+        # judge-bias probes stored with the run (notebook 02 writes probes_<grader>), shown beside the audit
+        self.probes = {name: frame for name in self.graders
+                       if run is not None and (frame := run.read_frame(generation, f"probes_{name}")) is not None}
         self.live = LiveSelection(self.samples, embeddings=embeddings, text_column=text_column)
         self._all = self.live.update({}, mask=np.ones(len(self.samples), dtype=bool))
         self._audit_cache: dict = {}  # (grader, threshold) -> audit; the AUC does not move with the slider
@@ -188,6 +191,8 @@ class ExplorerState:
                "n_human_labels": len(self.labels), "message": self.message}
         if self.verifier in self.graders:
             out["audit"] = self._audits()
+        if self.probes:
+            out["probes"] = {name: frame.to_dict(orient="records") for name, frame in self.probes.items()}
         if self.labels and "sample_id" in self.samples.columns:
             out["human_agreement"] = self._human_agreement()
         return out

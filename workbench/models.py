@@ -161,22 +161,7 @@ class LoadedModel:
             from .engine import token_logprobs
 
             return token_logprobs(engine, sequences, score_from, batch_size, on_batch=on_batch)
-        import numpy as np
-        import torch
-
-        out = []
-        for seq, first in zip(sequences, score_from):
-            first = max(first, 1)  # the first token has no prediction
-            if first >= len(seq):
-                out.append(np.zeros(0))
-            else:
-                with torch.inference_mode():
-                    ids = torch.tensor([seq], device=self.model.device)
-                    logits = self.model(ids).logits[0, first - 1:-1].float().cpu()
-                out.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(seq[first:])[:, None])[:, 0].numpy())
-            if on_batch:
-                on_batch(1)
-        return out
+        return [chosen for chosen, _ in self._plain_forward(sequences, score_from, on_batch)]
 
     def token_statistics(self, sequences: list[list[int]], score_from: list[int], batch_size: int = 8,
                          quantize: str | None = None, on_batch=None) -> list[dict]:
@@ -189,23 +174,27 @@ class LoadedModel:
             from .engine import token_statistics
 
             return token_statistics(engine, sequences, score_from, batch_size, on_batch=on_batch)
+        return [{"logprob": chosen, "mean_logprob": mean} for chosen, mean in
+                self._plain_forward(sequences, score_from, on_batch)]
+
+    def _plain_forward(self, sequences: list[list[int]], score_from: list[int], on_batch=None):
+        """The transformers path of the scoring passes: one unpadded forward per sequence (so the numbers are
+        a plain forward's); yields (chosen-token log-probs, mean log-prob over the vocabulary) per position
+        from score_from[i] (at least 1: the first token has no prediction) to the end."""
         import numpy as np
         import torch
 
-        out = []
         for seq, first in zip(sequences, score_from):
-            first = max(first, 1)  # the first token has no prediction
+            first = max(first, 1)
             if first >= len(seq):
-                out.append({"logprob": np.zeros(0), "mean_logprob": np.zeros(0)})
+                yield np.zeros(0), np.zeros(0)
             else:
                 with torch.inference_mode():
                     logits = self.model(torch.tensor([seq], device=self.model.device)).logits[0, first - 1:-1]
                 logp = torch.log_softmax(logits.float().cpu(), -1)
-                chosen = logp.gather(-1, torch.tensor(seq[first:])[:, None])[:, 0]
-                out.append({"logprob": chosen.numpy(), "mean_logprob": logp.mean(-1).numpy()})
+                yield logp.gather(-1, torch.tensor(seq[first:])[:, None])[:, 0].numpy(), logp.mean(-1).numpy()
             if on_batch:
                 on_batch(1)
-        return out
 
     def next_token_logits(self, sequences: list[list[int]], batch_size: int = 32, quantize: str | None = None,
                           on_batch=None):

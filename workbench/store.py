@@ -14,7 +14,8 @@ folder. This table is the one description of it (the README's run-folder section
                                                 runs made before selections were keyed have gen-000/selection.parquet,
                                                 read as the selection named "selection"
     <run>/gen-000/metrics.json                  the loop's per-generation metrics (Run.metrics)
-    <run>/gen-000/<name>.parquet                the loop's training inputs (Run.frame_path: train_accepted, train_set)
+    <run>/gen-000/<name>.parquet                whole tables (Run.write_frame/read_frame): the loop's train_accepted and
+                                                train_set, judge-bias probes (probes_<judge>)
     <run>/gen-000/eval/                         the evaluation's own run (Run.eval_run)
     <run>/gen-001/checkpoint/                   the model trained at the end of generation 0 (Run.checkpoint_dir)
     <run>/panel/gen-001/                        the training panel's fine-tunes (Run.panel_dir)
@@ -190,6 +191,17 @@ class Run:
     def frame_path(self, generation: int, name: str) -> Path:
         """A whole-table file of a generation (the loop's `train_accepted`, `train_set`)."""
         return self.generation_dir(generation) / f"{name}.parquet"
+
+    def write_frame(self, generation: int, name: str, frame: pd.DataFrame) -> Path:
+        """Store a whole table of a generation atomically (frame_path(generation, name)); returns its path."""
+        path = self.frame_path(generation, name)
+        atomic_write_bytes(path, frame.reset_index(drop=True).to_parquet(index=False))
+        return path
+
+    def read_frame(self, generation: int, name: str) -> pd.DataFrame | None:
+        """A table stored with `write_frame`, or None when there is none."""
+        path = self.frame_path(generation, name)
+        return pd.read_parquet(path) if path.exists() else None
 
     def eval_run(self, generation: int) -> "Run":
         """The evaluation of a generation's model keeps its generations in a run of its own."""

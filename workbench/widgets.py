@@ -104,11 +104,12 @@ class ThresholdExplorer(ExplorerState):
         rows = "".join(f"<tr><td>{k}</td><td>{summary['diversity_all'][k]:.3f}</td>"
                        f"<td>{summary['diversity_accepted'][k]:.3f}</td></tr>" for k in summary["diversity_all"])
         ui["diversity"].value = f"<table><tr><th>diversity</th><th>all</th><th>accepted</th></tr>{rows}</table>"
+        audit = ""
         if "audit" in summary:
             rows = "".join(f"<tr><td>{n}</td><td>{a['roc_auc']:.3f}</td><td>{a['accuracy_at_threshold']:.3f}</td></tr>"
                            for n, a in summary["audit"].items())
-            ui["audit"].value = (f"<table><tr><th>vs {self.verifier}</th><th>ROC AUC</th><th>accuracy</th></tr>"
-                                 f"{rows}</table>")
+            audit = f"<table><tr><th>vs {self.verifier}</th><th>ROC AUC</th><th>accuracy</th></tr>{rows}</table>"
+        ui["audit"].value = audit + self._probes_html()
         accepted = self.accepted_mask
         for name, figure in ui["histograms"].items():
             scores = self._scores(name)
@@ -126,6 +127,15 @@ class ThresholdExplorer(ExplorerState):
                     trace.x = self.samples.loc[part, score_column(x)].to_numpy()
                     trace.y = self.samples.loc[part, score_column(y)].to_numpy()
         self._refresh_examples()
+
+    def _probes_html(self) -> str:
+        """The stored judge-bias probes (estimate and 95% CI per probe), under the audit table."""
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(p['probe']))}</td><td>{p['estimate']:.3f}</td>"
+            f"<td>[{p['ci_low']:.3f}, {p['ci_high']:.3f}]</td><td>{int(p['n'])}</td></tr>"
+            for name, frame in self.probes.items() for p in frame.to_dict(orient="records"))
+        return ("<table class='wb-probes'><tr><th>judge</th><th>bias probe</th><th>estimate</th><th>95% CI</th>"
+                f"<th>n</th></tr>{rows}</table>") if rows else ""
 
     def _refresh_examples(self) -> None:
         import ipywidgets as w
