@@ -93,55 +93,67 @@ def consistency_10k(n: int = 10_000, k: int = 8, repeats: int = 3, seed: int = 0
     return results
 
 
-def pairwise(model=None, k: int = 8, opponents: int = 3, n_prompts: int = 8) -> dict:
+def pairwise(model=None, k: int = 8, opponents: int = 3, n_prompts: int = 8, rounds: int = 2) -> dict:
     """PairwiseJudge comparisons (forward passes, one per order of a pair) per second: score() (the engine's
     shared-prefix path, one call per prompt, so the prefix covers rubric + task) against a naive transformers
     forward over the full pair prompts (left-padded batches of 32, fp32), on the same items (K samples for
-    arithmetic and instruction prompts, the pairs score() draws), timed prompt by prompt, alternating, so
-    other work on the 2 cores slows both sides alike; then one compare() call over every pair (the path
-    prob_first callers take). Estimates grading 64 prompts x K=8, opponents=3. Issue target: >= 2x.
-    Writes benchmarks/results/judge_pairwise.json."""
+    arithmetic and instruction prompts, the pairs score() draws). Timed prompt by prompt, the two sides
+    alternating, best of `rounds` per prompt: other work on the 2 cores then slows both sides alike. Then one
+    compare() call over every pair (the path prob_first callers take). Estimates grading 64 prompts x K=8,
+    opponents=3. Issue target: >= 2x. Writes benchmarks/results/judge_pairwise.json."""
     from workbench.graders.pairwise import PairwiseJudge
 
     model = model or load_model("smollm2-135m", dtype="fp32")
     samples, items = _pairwise_items(model, k, n_prompts, opponents)
     judge = PairwiseJudge(model=model, opponents=opponents)
     judge.prob_first(["warm-up"], ["a"], ["b"])  # build the engine outside the timing
-    naive_s = score_s = 0.0
-    naive, passes, lengths, consistent, firsts = [], 0, [], [], []
-    for prompt_id, (prompts, a, b) in items.items():
-        sequences = [model.encode(judge.prompt_text(*t), chat=True) for t in zip(prompts + prompts, a + b, b + a)]
-        started = time.perf_counter()
-        naive.append(_naive_pair_probs(model, sequences, judge.candidate_ids()))
-        naive_s += time.perf_counter() - started
-        started = time.perf_counter()
-        judge.score(samples[samples["prompt_id"] == prompt_id])
-        score_s += time.perf_counter() - started
-        passes, lengths = passes + 2 * judge.n_comparisons_, lengths + [len(s) for s in sequences]
-        consistent, firsts = consistent + [judge.position_consistency_] * len(a), firsts + [judge.p_first_] * len(a)
+    naive_s, score_s, naive, stats = _pairwise_timed(model, judge, samples, items, rounds)
+    passes = 2 * sum(len(v[1]) for v in items.values())
     results = {"prompts": n_prompts, "k": k, "opponents": opponents, "pairs": passes // 2, "passes": passes,
-               "mean_pass_tokens": round(float(np.mean(lengths)), 1),
-               "naive_hf_fp32_b32": {"seconds": round(naive_s, 2), "passes_per_s": round(len(lengths) / naive_s, 2)},
+               "mean_pass_tokens": stats.pop("mean_pass_tokens"), "rounds": rounds,
+               "naive_hf_fp32_b32": {"seconds": round(naive_s, 2), "passes_per_s": round(passes / naive_s, 2)},
                "pairwise_score": {"seconds": round(score_s, 2), "passes_per_s": round(passes / score_s, 2),
                                   "pairs_per_s": round(passes / 2 / score_s, 2),
-                                  "speedup_vs_naive": round(passes / score_s / (len(lengths) / naive_s), 2),
-                                  "position_consistency": round(float(np.mean(consistent)), 3),
-                                  "p_first": round(float(np.mean(firsts)), 3)}}
+                                  "speedup_vs_naive": round(naive_s / score_s, 2), **stats}}
     prompts, a, b = (sum((list(v[i]) for v in items.values()), []) for i in range(3))
     started = time.perf_counter()
     table = judge.compare(prompts, a, b)
     compare_s = time.perf_counter() - started
     ends = np.cumsum([0] + [len(v[1]) for v in items.values()])
     ours = np.concatenate([np.concatenate([table["p_ab"][s:e], table["p_ba"][s:e]]) for s, e in zip(ends, ends[1:])])
-    results["pairwise_compare_one_call"] = {
-        "seconds": round(compare_s, 2), "passes_per_s": round(len(lengths) / compare_s, 2),
-        "speedup_vs_naive_rate": round(len(lengths) / compare_s / (len(lengths) / naive_s), 2),
+    results["pairwise_compare_one_call"] = {  # timed once: its speedup is the less reliable number
+        "seconds": round(compare_s, 2), "passes_per_s": round(passes / compare_s, 2),
+        "speedup_vs_naive_rate": round(naive_s / compare_s, 2),
         "max_abs_diff_vs_naive": float(np.abs(ours - np.concatenate(naive)).max())}
     results["estimate_64_prompts_k8"] = _pairwise_estimate(opponents, passes / score_s)
     results["load_average"] = [round(x, 2) for x in os.getloadavg()]  # other work on the 2 cores skews both sides
     emit({"benchmark": "judge_pairwise", "machine": machine_info(), "target_speedup": 2.0, "results": results},
          "judge_pairwise")
     return results
+
+
+def _pairwise_timed(model, judge, samples, items: dict, rounds: int):
+    """Per prompt, alternating: the naive forward over its pair prompts, then judge.score over its samples;
+    best of `rounds` each. Returns (naive seconds, score seconds, naive P(first) per prompt, judge stats)."""
+    naive_s, score_s, naive, lengths, consistent, firsts = {}, {}, [], [], [], []
+    for _ in range(rounds):
+        for prompt_id, (prompts, a, b) in items.items():
+            sequences = [model.encode(judge.prompt_text(*t), chat=True) for t in zip(prompts + prompts, a + b, b + a)]
+            started = time.perf_counter()
+            probs = _naive_pair_probs(model, sequences, judge.candidate_ids())
+            naive_s[prompt_id] = min(naive_s.get(prompt_id, np.inf), time.perf_counter() - started)
+            started = time.perf_counter()
+            judge.score(samples[samples["prompt_id"] == prompt_id])
+            score_s[prompt_id] = min(score_s.get(prompt_id, np.inf), time.perf_counter() - started)
+            if len(naive) < len(items):
+                naive.append(probs)
+                lengths += [len(s) for s in sequences]
+                consistent += [judge.position_consistency_] * len(a)
+                firsts += [judge.p_first_] * len(a)
+    stats = {"position_consistency": round(float(np.mean(consistent)), 3), "p_first": round(float(np.mean(firsts)), 3),
+             "mean_pass_tokens": round(float(np.mean(lengths)), 1),
+             "speedup_per_prompt": {p: round(naive_s[p] / score_s[p], 2) for p in items}}
+    return sum(naive_s.values()), sum(score_s.values()), naive, stats
 
 
 def _pairwise_items(model, k: int, n_prompts: int, opponents: int):

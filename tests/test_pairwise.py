@@ -158,16 +158,15 @@ def test_llamacpp_backend_reads_logprobs(tmp_path):
 
 
 def test_real_model_runs_and_reports_position_consistency(real):
+    """Smoke only: the 135M model is not asserted to be a good judge (it mostly prefers the first answer)."""
     judge = PairwiseJudge(model=real)
     prompts = ["What is 2+2?", "What is the capital of France?", "Write one word that rhymes with cat."]
     table = judge.compare(prompts, ["4", "Paris.", "Hat."], ["I like turtles", "Bananas are yellow.", "Dog."])
     assert table[["p_ab", "p_ba", "p_a"]].stack().between(0, 1).all()
-    samples = pd.DataFrame({"sample_id": [f"s{k}" for k in range(6)], "prompt_id": ["p"] * 3 + ["q"] * 3,
-                            "prompt": ["What is 2+2?"] * 3 + ["What is the capital of France?"] * 3,
-                            "completion": ["4", "2 + 2 = 4.", "I like turtles", "Paris.", "Paris is the capital.",
-                                           "Bananas."]})
-    scores = judge.score(samples)
-    assert scores.between(0, 1).all() and 0 <= judge.position_consistency_ <= 1
-    print(f"\nreal model: p_a={table['p_a'].round(3).tolist()} consistent={table['consistent'].tolist()} "
+    samples = pd.DataFrame({"sample_id": [f"s{k}" for k in range(4)], "prompt_id": "p", "prompt": "What is 2+2?",
+                            "completion": ["4", "2 + 2 = 4.", "I like turtles", "Five."]})
+    scores = judge.score(samples)  # one prompt: one engine call, all 6 pairs in both orders
+    assert scores.between(0, 1).all() and 0 <= judge.position_consistency_ <= 1 and judge.n_comparisons_ == 6
+    print(f"\nreal model: compare p_a={table['p_a'].round(3).tolist()} consistent={table['consistent'].tolist()} "
           f"scores={scores.round(3).tolist()} position_consistency_={judge.position_consistency_:.3f} "
           f"p_first_={judge.p_first_:.3f}")

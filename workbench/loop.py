@@ -35,7 +35,7 @@ from .store import Run, atomic_write_bytes, score_column, score_columns
 
 # ----------------------------------------------------------------------------------- helpers
 
-PAIRWISE_OPPONENTS = 3  # `pairwise`: each sample meets this many others of its prompt, both orders
+PAIRWISE_OPPONENTS = 2  # `pairwise`: each sample meets this many others of its prompt, in both orders
 
 
 def _graders(names: list[str], loaded, seed: int = 0) -> list:

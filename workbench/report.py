@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = ["01_generate", "02_grade_and_diversity", "03_thresholds", "04_self_learning_loop", "05_model_collapse"]
+NOTEBOOKS = ["01_generate", "02_grade_and_diversity", "03_thresholds", "04_self_learning_loop", "05_model_collapse",
+             "06_self_grading"]
 
 # small sizes for CI and `--smoke`: every cell runs, on the real model, in about a minute each
 SMOKE = {
@@ -19,6 +20,9 @@ SMOKE = {
                       "panel_eval": {"heldout_problems": 6, "heldout_texts": 4, "diversity_prompts": 3, "diversity_tokens": 12}},
     "04_self_learning_loop": {"smoke": True},
     "05_model_collapse": {"smoke": True},
+    # 3 seeds x 1 generation of the three arms that need no judge passes (tests/test_experiments.py runs all six
+    # arms on a tiny model): the pairwise and panel arms would add ~10 min on 2 cores
+    "06_self_grading": {"smoke": True, "arms": ["verifier", "consistency", "none"]},
 }
 
 

@@ -192,3 +192,34 @@ def loop_curves(history: pd.DataFrame, metrics: dict | None = None, by: str | No
     figure.update_layout(height=300 * rows, margin=dict(l=50, r=10, t=60, b=40),
                          title="self-learning loop, per generation" + (f" (by {by})" if by else ""))
     return figure
+
+
+def seed_curves(summary: pd.DataFrame, metric: str, by: str = "arm", title: str | None = None):
+    """One metric of a seed summary (`workbench.experiments.summarize_seeds`: `<metric>_mean` and
+    `<metric>_ci95` per `by` group and generation) against generation: one line per group, error bars the
+    95% t-interval half-width across seeds (none where one seed was run), the group's seed count in its hover."""
+    go = _go()
+    mean, half = f"{metric}_mean", f"{metric}_ci95"
+    if mean not in summary.columns:
+        raise KeyError(f"the summary has no column {mean!r} (metrics: "
+                       f"{sorted(c[:-5] for c in summary.columns if c.endswith('_mean'))})")
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
+    figure = go.Figure()
+    groups = list(summary.groupby(by, sort=False)) if by else [("", summary)]
+    for number, (name, frame) in enumerate(groups):
+        frame = frame[frame[mean].notna()].sort_values("generation")
+        if not len(frame):
+            continue
+        seeds = frame["seeds"] if "seeds" in frame.columns else pd.Series("?", index=frame.index)
+        figure.add_trace(go.Scatter(
+            x=frame["generation"], y=frame[mean], mode="lines+markers", name=str(name) or metric,
+            line=dict(color=palette[number % len(palette)]),
+            error_y=dict(type="data", array=frame[half].fillna(0.0) if half in frame.columns else None, visible=True),
+            customdata=np.stack([frame[half].to_numpy(float) if half in frame.columns else np.full(len(frame), np.nan),
+                                 seeds.to_numpy()], axis=-1),
+            hovertemplate="generation %{x}: %{y:.3f} ± %{customdata[0]:.3f} (%{customdata[1]} seeds)<extra>"
+                          + str(name) + "</extra>"))
+    figure.update_layout(title=title or f"{metric}: mean ± 95% CI across seeds", xaxis_title="generation",
+                         yaxis_title=metric, height=340, margin=dict(l=50, r=10, t=50, b=40),
+                         xaxis=dict(dtick=1))
+    return figure
