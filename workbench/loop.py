@@ -30,7 +30,7 @@ import pandas as pd
 from .evaluate import evaluate
 from .loop_config import (GRADERS, CollapseConfig, EvalConfig, GenerateConfig, LoopConfig,  # noqa: F401 (re-exported)
                           MixPolicy, PriceConfig, _as_config)
-from .store import Run, atomic_write_bytes, score_column, score_columns
+from .store import Run, score_column, score_columns
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -115,10 +115,6 @@ def real_data(config: LoopConfig) -> pd.DataFrame | None:
     if config.real_examples is not None:
         params["n"] = config.real_examples
     return real_examples(get_task(config.task, **params))
-
-
-def _save_frame(frame: pd.DataFrame, path: Path) -> None:
-    atomic_write_bytes(path, frame.reset_index(drop=True).to_parquet(index=False))
 
 
 @dataclass
@@ -262,11 +258,10 @@ def mix_stage(step: Step, accepted_rows: pd.DataFrame, real: pd.DataFrame | None
     from .mix import mix
 
     run, generation = step.run, step.generation
-    earlier = [pd.read_parquet(run.frame_path(g, "train_accepted")) for g in range(generation)]
-    _save_frame(accepted_rows[["prompt", "completion", "chat", "finish_reason"]],
-                run.frame_path(generation, "train_accepted"))
+    earlier = [run.read_frame(g, "train_accepted") for g in range(generation)]
+    run.write_frame(generation, "train_accepted", accepted_rows[["prompt", "completion", "chat", "finish_reason"]])
     training_set = mix(step.config.mix.spec, earlier + [accepted_rows], real, seed=step.config.seed)
-    _save_frame(training_set, run.frame_path(generation, "train_set"))
+    run.write_frame(generation, "train_set", training_set)
     by_source = training_set["source"].value_counts().to_dict() if len(training_set) else {}
     return training_set, {"train_set": {"rows": len(training_set), "by_source": by_source}}
 

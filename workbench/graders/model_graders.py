@@ -124,11 +124,7 @@ class SelfJudge(_ModelGrader):
         for token, logprob in top:
             by_word.setdefault(token.strip().lower(), []).append(logprob)
         if self.mode == "yes_no":
-            yes, no = by_word.get("yes"), by_word.get("no")
-            if not yes and not no:
-                return None
-            lse = lambda values: float(np.logaddexp.reduce(values)) if values else -np.inf  # noqa: E731
-            return float(1 / (1 + np.exp(lse(no) - lse(yes))))
+            return two_way_probability(by_word, "yes", "no")
         ratings = np.arange(self.low, self.high + 1)
         logps = np.array([np.logaddexp.reduce(by_word[str(r)]) if str(r) in by_word else -np.inf for r in ratings])
         if not np.isfinite(logps).any():
@@ -180,3 +176,14 @@ def completion_sequences(loaded: LoadedModel, samples: pd.DataFrame) -> tuple[li
         sequences.append(prompt_ids + loaded.tokenizer.encode(str(completion), add_special_tokens=False))
         starts.append(len(prompt_ids))
     return sequences, starts
+
+
+def two_way_probability(logprobs_by_word: dict[str, list[float]], first: str, second: str) -> float | None:
+    """P(first) renormalised over first/second from a reply's first-token top logprobs, grouped by the word
+    each token spells (several tokens can spell one word, " Yes" and "Yes"); None when neither appears.
+    The self-judge's Yes/No and the pairwise judge's A/B over a backend."""
+    positive, negative = logprobs_by_word.get(first), logprobs_by_word.get(second)
+    if not positive and not negative:
+        return None
+    lse = lambda values: float(np.logaddexp.reduce(values)) if values else -np.inf  # noqa: E731
+    return float(1 / (1 + np.exp(lse(negative) - lse(positive))))

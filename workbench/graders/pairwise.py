@@ -32,7 +32,7 @@ from ..errors import InputDataError
 from ..models import DEFAULT_MODEL, LoadedModel
 from ..progress import progress
 from .base import require_columns
-from .model_graders import _ModelGrader
+from .model_graders import _ModelGrader, two_way_probability
 
 DEFAULT_PAIRWISE_RUBRIC = ("You are a strict grader. Read the task and the two answers below, then decide which "
                            "answer is more correct, complete and helpful.")
@@ -241,10 +241,7 @@ def a_from_logprobs(top: list) -> float | None:
     for token, logprob in top:
         if token.strip() in ("A", "B"):
             by_letter.setdefault(token.strip(), []).append(logprob)
-    if not by_letter:
-        return None
-    lse = lambda values: float(np.logaddexp.reduce(values)) if values else -np.inf  # noqa: E731
-    return float(1 / (1 + np.exp(lse(by_letter.get("B", [])) - lse(by_letter.get("A", [])))))
+    return two_way_probability(by_letter, "A", "B")
 
 
 def parse_verdict(text: str) -> float:
