@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab models bench chromium llamacpp clean-venv
+.PHONY: demo test lab models bench chromium llamacpp widgets clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 models: $(STAMP)
 	$(PY) -m workbench models pull smollm2-135m
 
-demo: models
+demo: models widgets
 	$(PY) -m workbench demo
 
 # tests/test_browser.py drives Debian's chromium through playwright (never a browser `playwright install` downloads)
@@ -36,7 +36,27 @@ $(VENV)/.llamacpp: $(STAMP)
 	touch $@
 llamacpp: $(VENV)/.llamacpp
 
-test: models chromium llamacpp
+# The HTML reports draw saved widget state (the explorer, the training panel) with the network off: workbench/report.py
+# inlines require.js and @jupyter-widgets/html-manager's AMD bundle (1.x goes with ipywidgets 8) into every report
+# that has widgets. Both come from the npm registry (`npm pack`: the tarball only, no dependency tree), unpacked into
+# the venv at $(WIDGETS), where report.py looks (sys.prefix/share/workbench/widgets). anywidget's front-end (for
+# plotly's FigureWidget) ships in the anywidget Python package itself, at the version the kernel used.
+WIDGETS := $(VENV)/share/workbench/widgets
+HTML_MANAGER_VERSION := 1.0.15
+REQUIREJS_VERSION := 2.3.8
+$(WIDGETS)/.installed-$(HTML_MANAGER_VERSION)-$(REQUIREJS_VERSION): | $(STAMP)  # the venv must exist, nothing more
+	command -v npm >/dev/null || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm >/dev/null)
+	rm -rf $(WIDGETS) && mkdir -p $(WIDGETS)/npm
+	cd $(WIDGETS)/npm && npm pack --silent @jupyter-widgets/html-manager@$(HTML_MANAGER_VERSION) requirejs@$(REQUIREJS_VERSION) >/dev/null
+	# embed-amd.js and the icon fonts it names (report.py inlines the woff2 ones), require.js
+	tar -xzf $(WIDGETS)/npm/jupyter-widgets-html-manager-$(HTML_MANAGER_VERSION).tgz -C $(WIDGETS) --strip-components=2 \
+		--wildcards package/dist/embed-amd.js 'package/dist/*.woff2'
+	tar -xzf $(WIDGETS)/npm/requirejs-$(REQUIREJS_VERSION).tgz -C $(WIDGETS) --strip-components=1 package/require.js
+	rm -rf $(WIDGETS)/npm
+	touch $@
+widgets: $(WIDGETS)/.installed-$(HTML_MANAGER_VERSION)-$(REQUIREJS_VERSION)
+
+test: models chromium llamacpp widgets
 	$(PY) -m pytest
 
 lab: $(STAMP)

@@ -48,6 +48,9 @@ def parse(description: str, argv: list[str] | None = None) -> argparse.Namespace
     parser.add_argument("--no-readme", action="store_true", help="do not update the README table")
     parser.add_argument("--model", default=None, help="base model spec (default: each experiment's, the embedded "
                         "smollm2-135m); the tests run the smoke on a tiny random model of the same architecture")
+    parser.add_argument("--track", nargs="?", const="", default=None, metavar="PROJECT",
+                        help="log every arm, seed and generation (and the loss curves) to trackio's local store, "
+                        "data/tracking; project: the experiment's name unless given (README: Tracking)")
     args = parser.parse_args(argv)
     if args.seed is not None:
         args.seeds = [args.seed]
@@ -127,12 +130,15 @@ def run_experiment(name: str, make_configs, columns: list[str], doc: str, metric
     replaces the default summary table; share_base_eval evaluates generation 0 once per seed."""
     args = parse(doc, argv)
     from workbench.experiments import run_seeds, seed_configs, summarize_seeds
+    from workbench.tracking import track_experiment
 
     started = time.perf_counter()
     runs = Path(args.runs) if args.runs else ROOT / "data" / "runs" / "experiments" / (name + ("-smoke" if args.smoke else ""))
     args.out = args.out or str(runs / "results" if args.smoke else RESULTS)
     configs = seed_configs(make_configs, runs, args.seeds, smoke=args.smoke,
                            **({"model": args.model} if args.model else {}))
+    if args.track is not None:  # one tracker run per (arm, seed), grouped by arm; the run records are unchanged
+        track_experiment(configs, project=args.track or name + ("-smoke" if args.smoke else ""))
     frame = run_seeds(configs, say=lambda text: print(text, flush=True), share_base_eval=share_base_eval)
     long = frame[["seed"] + [c for c in columns if c in frame.columns]]
     if metrics is None:

@@ -40,6 +40,54 @@ def make_graded_fixture():
     return make_graded
 
 
+def widget_notebook(*, saved: bool = True, text: str = "", plotlyjs: bool = False):
+    """A notebook (NotebookNode) whose one code cell displayed a FloatSlider, an HTML label and a FigureWidget in a
+    VBox (state made by ipywidgets.embed, as papermill would save it), one static plotly figure (as
+    workbench.viz.setup_notebook's renderers write it; plotly.js inlined when `plotlyjs`), and `text` printed.
+    saved=False: the view is there, the widget state is not (a notebook saved without it)."""
+    import json
+
+    import ipywidgets as w
+    import nbformat
+    import numpy as np
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    from ipywidgets.embed import embed_data
+
+    from workbench.report import WIDGET_STATE_MIME, WIDGET_VIEW_MIME
+
+    slider = w.FloatSlider(value=0.37, min=0.0, max=1.0, step=0.01, description="judge")
+    label = w.HTML("<span class='wb-accepted-count'><b>4</b> of 6 accepted</span>")
+    bins = dict(start=0, end=1, size=0.1)  # numpy arrays: saved as binary buffers, as the explorer's are
+    figure = go.FigureWidget(go.Figure([go.Histogram(x=np.array([0.52, 0.61, 0.65, 0.93]), name="accepted", xbins=bins),
+                                        go.Histogram(x=np.array([0.12, 0.31]), name="rejected", xbins=bins)]))
+    figure.update_layout(title="judge: 4 accepted of 6 scored", barmode="stack")
+    figure._widget_layout = dict(figure._layout_obj._props)  # as displaying the figure by itself would
+    box = w.VBox([slider, label, figure])
+    data = embed_data(views=[box], drop_defaults=False)  # every trait, as nbclient saves them (anywidget's _esm)
+    static = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("explorer.widget", execution_count=1)
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+                        WIDGET_VIEW_MIME: data["view_specs"][0], "text/plain": "VBox(...)"}),
+                    nbformat.v4.new_output("display_data", data={
+                        "application/vnd.plotly.v1+json": json.loads(static.to_json()), "text/plain": "Figure",
+                        "text/html": pio.to_html(static, include_plotlyjs=plotlyjs, full_html=False)}),
+                    nbformat.v4.new_output("stream", name="stdout", text=text)]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A widget notebook"), cell]
+    if saved:
+        nb.metadata["widgets"] = {WIDGET_STATE_MIME: data["manager_state"]}
+    for widget in (slider, label, figure, box):
+        widget.close()
+    return nb
+
+
+@pytest.fixture(name="widget_notebook")
+def widget_notebook_fixture():
+    """`widget_notebook` (above) for test files (tests/test_report.py, tests/test_browser.py)."""
+    return widget_notebook
+
+
 @pytest.fixture(scope="session")
 def real_model_dir():
     from workbench.models import pull

@@ -5,8 +5,11 @@
    driven by playwright, runs all cells, moves one threshold slider with the keyboard and waits until the
    accepted-count label and that grader's histogram show what this test computes itself from the run's
    parquet files with pandas/numpy.
-2. The rendered HTML reports are opened offline (every non-file request aborted): every plotly output of
-   the executed notebooks must draw an svg.
+2. The rendered HTML reports are opened offline (every non-file request aborted, none may be made): every
+   plotly output of the executed notebooks must draw an svg, and every widget view saved in them (the
+   explorer, the training panel) must show its saved state: slider values, the count label and other HTML
+   widgets' text, each histogram's bar heights bin by bin, the loss curve's points. A small hand-made widget
+   page gets the same checks in seconds.
 
 Needs /usr/bin/chromium (`make test` installs it with apt) and the `playwright` package (dev extra), which
 drives that binary: `playwright install` is never run.
@@ -238,6 +241,100 @@ HISTOGRAM = """grader => {
 }"""
 
 
+FIGURE_FIT = """() => {  // each explorer figure: drawn, inside its grid cell and the output area, x-axis covering its data
+    const grid = document.querySelector('.widget-gridbox');
+    if (!grid) return null;
+    const area = (grid.closest('.jp-OutputArea-output') || grid.parentElement).getBoundingClientRect();
+    return [...grid.children].map(cell => {
+        const plot = cell.querySelector('.js-plotly-plot');
+        const svg = plot && plot.querySelector('svg.main-svg');
+        if (!svg || !plot._fullLayout) return {drawn: false};
+        const box = cell.getBoundingClientRect(), drawn = svg.getBoundingClientRect();
+        let low = Infinity, high = -Infinity;
+        for (const trace of plot._fullData || [])
+            for (const x of (trace.x || [])) if (Number.isFinite(x)) { low = Math.min(low, x); high = Math.max(high, x); }
+        return {drawn: true, title: String((plot.layout.title && plot.layout.title.text) || ''),
+                width: drawn.width, fits: drawn.left >= box.left - 1 && drawn.right <= box.right + 1
+                                          && drawn.left >= area.left - 1 && drawn.right <= area.right + 1,
+                range: plot._fullLayout.xaxis.range.map(Number), low, high};
+    });
+}"""
+
+
+def _check_figures_fit(page, widths=(1500, 1000)) -> None:
+    """The explorer's figures fit their cells at a wide and a narrow window (they were wider than their 480 px
+    cells and cut off: the heuristics axis ended near 0.65 with the accepted bars at 0.85-1.0 out of sight)."""
+    for width in widths:
+        page.set_viewport_size({"width": width, "height": 1100})
+        page.evaluate(SHOW_EXPLORER)
+        page.wait_for_timeout(1500)  # JupyterLab re-lays out the panel after a resize
+        figures = page.evaluate(FIGURE_FIT)
+        assert figures, f"no explorer figure grid at {width} px"
+        for figure in figures:
+            assert figure["drawn"], f"an explorer figure is not drawn at {width} px: {figures}"
+            assert figure["fits"], f"{figure['title']!r} is wider than its cell at a {width} px window: {figure}"
+            if figure["low"] <= figure["high"]:  # the x-axis shows every value the figure holds
+                assert figure["range"][0] <= figure["low"] and figure["range"][1] >= figure["high"], figure
+    page.set_viewport_size({"width": widths[0], "height": 1100})
+    page.evaluate(SHOW_EXPLORER)
+
+
+MAP_POINTS = """() => {  // the data map's points in page pixels (plotly's own axis conversion)
+    const plot = [...document.querySelectorAll('.js-plotly-plot')].find(p => p.layout && p.layout.dragmode === 'lasso');
+    if (!plot || !plot._fullLayout || !plot._fullLayout.xaxis || !plot.querySelector('svg.main-svg')) return null;
+    const box = plot.getBoundingClientRect(), size = plot._fullLayout._size;
+    const xa = plot._fullLayout.xaxis, ya = plot._fullLayout.yaxis, trace = plot._fullData[0];
+    if (!box.width || !trace) return null;
+    return Array.from(trace.x, (x, i) => [box.left + size.l + xa.d2p(x), box.top + size.t + ya.d2p(trace.y[i])]);
+}"""
+
+
+def _lasso_and_exclude(page, run_dir: Path) -> None:
+    """Open the explorer's data-map tab, drag a lasso (a rectangle) around the left part of the points with the
+    mouse, check the kernel picked exactly the points inside it, and exclude them with one click: the run's
+    stored labels must then hold those samples as 'exclude'."""
+    from workbench import Run
+
+    page.locator(".lm-TabBar-tab", has_text="data map").first.click()
+    page.wait_for_function(f"() => ({MAP_POINTS})() !== null", timeout=30_000, polling=250)
+    page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].find(p => p.layout && p.layout.dragmode"
+                  " === 'lasso').scrollIntoView({block: 'center'})")
+    page.wait_for_timeout(500)
+    points = page.evaluate(MAP_POINTS)
+    xs = sorted({round(x, 3) for x, _ in points})
+    assert len(xs) >= 2, f"the smoke run's map has fewer than 2 distinct x positions: {points}"
+    cut = (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2  # between two points' x: none sits on the edge
+    top, bottom = min(y for _, y in points) - 12, max(y for _, y in points) + 12
+    left = min(xs) - 12
+    inside = sum(left < x < cut for x, _ in points)
+    corners = [(left, top), (cut, top), (cut, bottom), (left, bottom), (left, top)]
+    page.mouse.move(*corners[0])
+    page.mouse.down()
+    for corner in corners[1:]:
+        page.mouse.move(*corner, steps=8)
+    page.mouse.up()
+    try:
+        page.wait_for_function("n => { const e = document.querySelector('.wb-map-picked-count');"
+                               " return !!e && e.textContent.trim() === n + ' picked'; }", arg=inside,
+                               timeout=30_000, polling=200)
+    except Exception:
+        shown = page.evaluate("() => { const e = document.querySelector('.wb-map-picked-count'); return e && e.textContent; }")
+        pytest.fail(f"a lasso around {inside} of {len(points)} points showed {shown!r}", pytrace=False)
+    page.locator(".widget-button", has_text="exclude").first.click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        excluded = [s for s, label in Run(run_dir).labels().items() if label == "exclude"]
+        if len(excluded) == inside:
+            break
+        time.sleep(0.3)
+    assert len(excluded) == inside, f"after 'exclude' the run holds {len(excluded)} excluded samples, not {inside}"
+    page.locator(".widget-button", has_text="clear label").first.click()  # the smoke run as it was, for later tests
+    deadline = time.monotonic() + 30
+    while Run(run_dir).labels() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert not Run(run_dir).labels(), "'clear label' left labels in the run"
+
+
 def _diagnose(page, lab) -> str:
     try:
         errors = page.evaluate(CELL_ERRORS)
@@ -279,6 +376,8 @@ def test_slider_in_jupyterlab(chromium, browser, smoke_report, lab, tmp_path):
             page.wait_for_function(COUNT_IS, arg=initial, timeout=30_000, polling=250)
         except Exception:
             pytest.fail(f"the explorer never showed {initial!r}\n{_diagnose(page, lab)}", pytrace=False)
+        _check_figures_fit(page)
+        phase("figures fit at two widths")
 
         slider = page.locator(".widget-slider").filter(
             has=page.locator(".widget-label", has_text=re.compile(rf"^\s*{re.escape(plan['grader'])}\s*$")))
@@ -317,6 +416,8 @@ def test_slider_in_jupyterlab(chromium, browser, smoke_report, lab, tmp_path):
         assert shown["title"].startswith(f"{plan['grader']}: {want} accepted of "), shown
         label = page.locator(".wb-accepted-count").text_content().strip()
         assert label.startswith(expected), (label, plan)
+        _lasso_and_exclude(page, data_dir() / "runs" / smoke_report.run_name)
+        phase("lasso on the data map, exclude")
     except BaseException:
         try:
             page.screenshot(path=str(tmp_path / "jupyterlab.png"), full_page=True)
@@ -334,58 +435,254 @@ def _plotly_outputs(notebook: Path) -> int:
     return sum(PLOTLY_MIME in output.get("data", {}) for cell in cells for output in cell.get("outputs", []))
 
 
+def _widget_views(notebook: Path) -> list[str]:
+    """The model ids of the widget views the notebook's outputs display."""
+    from workbench.report import WIDGET_VIEW_MIME
+
+    cells = json.loads(notebook.read_text())["cells"]
+    return [output["data"][WIDGET_VIEW_MIME]["model_id"] for cell in cells for output in cell.get("outputs", [])
+            if WIDGET_VIEW_MIME in output.get("data", {})]
+
+
 def _exported_widget_state(executed: Path):
-    """The widget state nbconvert writes for a notebook, before workbench.report shares the widget code."""
+    """The widget state nbconvert writes for a notebook, with this machine's paths replaced as the report does,
+    before workbench.report shares the widget code."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    from workbench.report import WIDGET_STATE_TAG
+    from workbench.report import WIDGET_STATE_TAG, strip_machine_paths
 
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(executed), as_version=4))
     start = body.find(WIDGET_STATE_TAG)
-    return None if start < 0 else json.loads(body[start + len(WIDGET_STATE_TAG):body.find("</script>", start)])
+    if start < 0:
+        return None
+    return json.loads(strip_machine_paths(body[start + len(WIDGET_STATE_TAG):body.find("</script>", start)]))
 
 
-STATE_IN_PAGE = ("() => { const tag = document.querySelector('script[type=\"application/vnd.jupyter.widget-state+json\"]');"
-                 " return tag ? JSON.parse(tag.textContent) : null; }")
+# the widget state the manager reads, with each anywidget's `_esm` (a module re-exporting the page's one copy of
+# the bundle from a blob URL: workbench.report.RESTORE) replaced by the code that blob holds
+STATE_IN_PAGE = """async () => {
+    const tag = document.querySelector('script[type="application/vnd.jupyter.widget-state+json"]');
+    if (!tag) return null;
+    const data = JSON.parse(tag.textContent);
+    for (const model of Object.values(data.state)) {
+        const esm = model.state && model.state._esm;
+        const url = typeof esm === 'string' && (esm.match(/^export \\* from "(blob:[^"]+)"/) || [])[1];
+        if (url) model.state._esm = await (await fetch(url)).text();
+    }
+    return data;
+}"""
+WIDGET_PLOTS_DRAWN = ("n => { const plots = [...document.querySelectorAll('.widget-subarea .js-plotly-plot')];"
+                      " return plots.length >= n && plots.every(p => p.querySelector(':scope svg.main-svg')); }")
+PLOTS_DRAWN = ("n => { const plots = [...document.querySelectorAll('.js-plotly-plot')];"
+               " return plots.length >= n && plots.every(p => p.querySelector(':scope svg.main-svg')); }")
+# what each FigureWidget view drew: its title, every trace's name and point count, and for bar traces (histograms)
+# each drawn bar's bin centre and height in pixels, with the y axis' pixels per unit to turn heights into counts
+FIGURES = """() => [...document.querySelectorAll('.widget-subarea .js-plotly-plot')].map(plot => ({
+    title: String((plot.layout.title && plot.layout.title.text) || plot.layout.title || ''),
+    traces: plot._fullData.map(t => ({name: t.name, type: t.type, n: (t.x || t.y || []).length})),
+    markers: [...plot.querySelectorAll('.scatterlayer .trace .points path')].length,
+    unit: plot._fullLayout.yaxis ? Math.abs(plot._fullLayout.yaxis._m) : null,
+    bars: [...plot.querySelectorAll('g.trace.bars')].map(group => ({
+        name: group.__data__[0].trace.name,
+        bars: [...group.querySelectorAll('g.point')].map(point => ({
+            centre: point.__data__.p, count: point.__data__.s, px: point.querySelector('path').getBBox().height}))})),
+}))"""
+SLIDERS = """() => [...document.querySelectorAll('.widget-subarea .widget-slider')].map(slider => [
+    slider.querySelector('.widget-label').textContent.trim(),
+    Number(slider.querySelector('.noUi-handle').getAttribute('aria-valuetext'))])"""
+WIDGET_TEXT = "() => [...document.querySelectorAll('.widget-subarea')].map(e => e.textContent).join(' ')"
 
 
-def test_report_draws_offline(chromium, browser, smoke_report):
-    context = browser.new_context()
+def _reachable(state: dict, roots: list[str]) -> list[str]:
+    """The models that views of `roots` draw: the roots and every model their state names (IPY_MODEL_<id>)."""
+    seen, todo = [], list(roots)
+    while todo:
+        model_id = todo.pop()
+        if model_id in seen or model_id not in state:
+            continue
+        seen.append(model_id)
+        values = {k: v for k, v in state[model_id]["state"].items() if k != "_esm"}
+        todo.extend(re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(values)))
+    return seen
+
+
+def _decoded(model: dict) -> dict:
+    """A model's state with its binary buffers (plotly's numpy arrays: {dtype, shape} + base64) as arrays."""
+    import base64
+    import copy
+
+    state = copy.deepcopy(model["state"])
+    for buffer in model.get("buffers", []):
+        *path, _ = buffer["path"]
+        parent = state
+        for key in path[:-1]:
+            parent = parent[key]
+        spec = parent[path[-1]]
+        data = base64.b64decode(buffer["data"]) if buffer.get("encoding") == "base64" else bytes(buffer["data"])
+        parent[path[-1]] = np.frombuffer(data, dtype=spec["dtype"]).reshape(spec["shape"])
+    return state
+
+
+def _bins(values, xbins: dict) -> dict[int, int]:
+    """Counts per bin index (left-closed bins of `xbins`), as plotly bins a histogram with explicit xbins."""
+    x = np.asarray(values, dtype=float)
+    index = np.floor((x[np.isfinite(x)] - xbins["start"]) / xbins["size"]).astype(int)
+    return {int(k): int(c) for k, c in zip(*np.unique(index, return_counts=True))}
+
+
+def _text(value: str) -> str:
+    """An HTML widget's value as its element's textContent reads, whitespace collapsed."""
+    import html as html_lib
+
+    return re.sub(r"\s+", " ", html_lib.unescape(re.sub(r"<[^>]+>", "", value))).strip()
+
+
+def _check_widgets(page, state: dict, views: list[str], name: str) -> dict:
+    """Every widget view of the page drew what its saved state says: sliders at their saved values, the text of
+    every HTML widget (the explorer's count label, diversity table, examples), each histogram's bars (bin by bin,
+    height in pixels / pixels per count = the saved trace's count), and every other figure's points (the
+    training panel's loss curve). Returns what it compared, for the caller's own checks."""
+    models = {model_id: state[model_id] for model_id in _reachable(state, views)}
+    page.wait_for_function(f"() => document.querySelectorAll('.widget-subarea').length >= {len(views)}",
+                           timeout=180_000, polling=200)  # minutes only on a loaded machine
+    anys = [_decoded(m) for m in models.values() if m["model_name"] == "AnyModel"]
+    page.wait_for_function(WIDGET_PLOTS_DRAWN, arg=len(anys), timeout=180_000, polling=200)
+    assert page.locator(".wb-widget-not-saved").count() == 0, f"{name}: a saved widget shows the not-saved note"
+
+    sliders = sorted((m["state"]["description"], m["state"]["value"]) for m in models.values()
+                     if m["model_name"] in ("FloatSliderModel", "IntSliderModel"))
+    shown = sorted(page.evaluate(SLIDERS))
+    assert [label for label, _ in shown] == [label for label, _ in sliders], (name, shown, sliders)
+    for (label, value), (_, saved) in zip(shown, sliders):
+        assert value == pytest.approx(saved, rel=1e-9, abs=1e-12), f"{name}: slider {label} shows {value}, saved {saved}"
+
+    text = re.sub(r"\s+", " ", page.evaluate(WIDGET_TEXT))
+    htmls = [_text(m["state"]["value"]) for m in models.values() if m["model_name"] in ("HTMLModel", "LabelModel")]
+    missing = [value for value in htmls if value and value not in text]
+    assert not missing, f"{name}: HTML widgets whose saved text is not on the page: {missing}"
+    counts = [m["state"]["value"] for m in models.values() if "wb-accepted-count" in str(m["state"].get("value"))]
+    if counts:
+        label = page.locator(".wb-accepted-count").first.text_content()
+        assert re.sub(r"\s+", " ", label).strip() == _text(counts[0]), (name, label, counts)
+
+    figures = page.evaluate(FIGURES)
+    assert len(figures) == len(anys), f"{name}: {len(figures)} figure widgets drawn, {len(anys)} saved"
+    histograms = 0
+    for saved in anys:
+        layout = saved["_widget_layout"]
+        title = (layout.get("title") or {}).get("text", "") if isinstance(layout.get("title"), dict) else layout.get("title") or ""
+        traces = saved["_widget_data"]
+        drawn = [f for f in figures if f["title"] == title and [t["name"] for t in f["traces"]] == [t.get("name") for t in traces]]
+        assert len(drawn) >= 1, f"{name}: no figure drawn with title {title!r} and traces {[t.get('name') for t in traces]}"
+        figure = drawn[0]
+        for trace, shown_trace in zip(traces, figure["traces"]):
+            assert shown_trace["n"] == len(trace.get("x", trace.get("y", []))), (name, title, shown_trace)
+        if all(t.get("type") == "histogram" for t in traces):
+            histograms += 1
+            bars = {group["name"]: group["bars"] for group in figure["bars"]}
+            for trace in traces:
+                xbins, expected = trace["xbins"], _bins(trace["x"], trace["xbins"])
+                drawn_bars = {int(round((bar["centre"] - xbins["start"]) / xbins["size"] - 0.5)): bar
+                              for bar in bars.get(trace["name"], []) if bar["count"]}
+                shown_counts = {k: bar["count"] for k, bar in drawn_bars.items()}
+                assert shown_counts == expected, (
+                    f"{name}: {title!r} {trace['name']} bars (bin: count) {shown_counts} != saved {expected}")
+                # and each bar is as tall as its count: plotly puts bar edges on whole pixels, so within 1.5 px
+                off = {k: bar["px"] - expected[k] * figure["unit"] for k, bar in drawn_bars.items()}
+                assert all(abs(d) <= 1.5 for d in off.values()), f"{name}: {title!r} {trace['name']} bar heights off by {off} px"
+        elif any(t.get("mode", "").find("markers") >= 0 and t.get("type") == "scatter" for t in traces):
+            assert figure["markers"] == sum(len(t.get("y", [])) for t in traces), (name, title, figure["markers"])
+    return {"histograms": histograms, "sliders": len(sliders), "html": len(htmls), "figures": anys,
+            "counts": counts}
+
+
+def _offline_context(browser, **options):
+    """A browser context with the network off: every request that is not for a file: URL is aborted and listed."""
+    context = browser.new_context(**options)
     context.set_offline(True)
     blocked = []
 
     def only_files(route):
-        if route.request.url.startswith("file:"):
+        if route.request.url.startswith(("file:", "data:", "blob:")):
             route.continue_()
         else:
             blocked.append(route.request.url)
             route.abort()
 
     context.route("**/*", only_files)
-    total = {}
+    return context, blocked
+
+
+def test_widget_page_draws_offline(chromium, browser, widget_notebook, tmp_path):
+    """A small page with a slider, a count label and a FigureWidget histogram (ipywidgets.embed state, as papermill
+    saves it) renders from its saved state with the network off: seconds, without the smoke report."""
+    import nbformat
+
+    from workbench.report import render_html
+
+    source = tmp_path / "widgets.ipynb"
+    nbformat.write(widget_notebook(plotlyjs=True), str(source))
+    html = render_html(source, tmp_path / "widgets.html")
+    context, blocked = _offline_context(browser, viewport={"width": 1200, "height": 900})
+    failed = []
+    try:
+        page = context.new_page()
+        page.on("requestfailed", lambda request: failed.append(request.url))
+        page.goto(html.as_uri(), wait_until="load", timeout=60_000)
+        state = page.evaluate(STATE_IN_PAGE)["state"]
+        seen = _check_widgets(page, state, _widget_views(source), html.name)
+        assert seen["histograms"] == 1 and seen["sliders"] == 1 and seen["counts"]
+        page.wait_for_function(PLOTS_DRAWN, arg=2, timeout=30_000)  # the static figure as well
+        assert page.locator(".wb-accepted-count").text_content().strip() == "4 of 6 accepted"
+        assert not blocked and not failed, (blocked, failed)
+        page.screenshot(path=str(tmp_path / "widgets.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_report_draws_offline(chromium, browser, smoke_report, tmp_path):
+    """Every smoke report opened with the network off: every plotly figure draws, nothing is fetched, and in
+    03_thresholds every widget view (explorer, training panel) shows its saved state (screenshot in tmp_path)."""
+    context, blocked = _offline_context(browser, viewport={"width": 1400, "height": 1000})
+    failed = []
+    total, widgets = {}, {}
     try:
         for html in smoke_report.paths:
-            expected = _plotly_outputs(smoke_report.out / "executed" / f"{html.stem}.ipynb")
+            executed = smoke_report.out / "executed" / f"{html.stem}.ipynb"
+            views = _widget_views(executed)
+            exported = _exported_widget_state(executed)
+            state = exported["state"] if exported else {}
+            n_widget_figures = sum(state[m]["model_name"] == "AnyModel" for m in _reachable(state, views))
+            expected = _plotly_outputs(executed) + n_widget_figures
             total[html.stem] = expected
             page = context.new_page()
-            page.goto(html.as_uri(), wait_until="load", timeout=60_000)
-            try:  # plotly draws asynchronously: wait until every figure has its svg
-                page.wait_for_function(f"() => {{ const plots = [...document.querySelectorAll('.js-plotly-plot')];"
-                                       f" return plots.length >= {expected} && plots.every(p => p.querySelector("
-                                       f"':scope svg.main-svg')); }}", timeout=60_000, polling=200)
+            page.on("requestfailed", lambda request: failed.append(request.url))
+            page.goto(html.as_uri(), wait_until="load", timeout=120_000)
+            try:  # plotly draws asynchronously: wait until every figure has its svg (~15 s for 03 on 2 idle cores)
+                page.wait_for_function(PLOTS_DRAWN, arg=expected, timeout=180_000, polling=200)
             except Exception:
                 pass  # the assertion below says what is missing
             drawn = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
                                   ".map(p => !!p.querySelector(':scope svg.main-svg'))")
             assert drawn == [True] * expected, (f"{html.name}: figures drawn {drawn}, expected {expected} "
-                                                f"(plotly outputs in the notebook); blocked requests {blocked}")
-            # each FigureWidget's 4.7 MB plotly bundle is stored once in the file and put back as the page
-            # loads: the widget state in the page must be exactly what nbconvert exported
-            executed = smoke_report.out / "executed" / f"{html.stem}.ipynb"
-            assert page.evaluate(STATE_IN_PAGE) == _exported_widget_state(executed), html.name
+                                                f"(plotly outputs and figure widgets in the notebook); blocked {blocked}")
+            # each FigureWidget's 4.7 MB plotly bundle is stored once in the file and shared as the page loads:
+            # the widget state in the page must be exactly what nbconvert exported (paths replaced)
+            assert page.evaluate(STATE_IN_PAGE) == exported, html.name
+            if views:
+                widgets[html.stem] = _check_widgets(page, exported["state"], views, html.name)
+                page.screenshot(path=str(tmp_path / f"{html.stem}.png"), full_page=True)
+                print(f"[test_browser] screenshot: {tmp_path / f'{html.stem}.png'}")
             assert html.stat().st_size < 16e6, f"{html.name}: {html.stat().st_size / 1e6:.1f} MB"
+            assert not blocked and not failed, f"{html.name} fetched: blocked {blocked}, failed {failed}"
             page.close()
     finally:
         context.close()
     assert total.get(NOTEBOOK.stem), f"no plotly output in the executed {NOTEBOOK.stem}: {total}"
+    # 03: the explorer (a histogram per slider grader, the scatter, the count label) and the training panel's
+    # loss plot, whose saved curve has a point per training step
+    explorer = widgets.get(NOTEBOOK.stem)
+    assert explorer and explorer["histograms"] >= 2 and explorer["sliders"] >= 2 and explorer["counts"], explorer
+    loss = [f for f in explorer["figures"] if [t.get("name") for t in f["_widget_data"]] == ["loss"]]
+    assert len(loss) == 1 and len(loss[0]["_widget_data"][0]["y"]) >= 1, "the training panel's loss curve was not saved"

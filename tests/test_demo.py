@@ -27,6 +27,17 @@ def test_demo_smoke(tmp_path, capsys, real_model_dir):
     assert set(again.sample_ids[again.mask]) == set(selection.sample_ids[selection.mask])
     for grader in ("verifier", "judge", "perplexity", "heuristics", "realism", "novelty_vs_seeds"):
         assert len(run.read(f"scores/{grader}")) > 0, grader
+    # `workbench export` of the demo run round-trips through datasets.load_from_disk with the selection's rows
+    import datasets
+
+    from workbench import cli
+
+    assert cli.main(["export", str(run.path), "--format", "datasets", str(tmp_path / "export")]) == 0
+    exported = datasets.load_from_disk(str(tmp_path / "export"))
+    assert exported["sample_id"] == [str(i) for i in selection.sample_ids[selection.mask]]
+    assert exported.to_pandas().equals(selection.to_dataset(run, 0).to_pandas())
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "| judge | verifier |" in card and "arithmetic+instructions+corpus" in card and str(tmp_path) not in card
     # a second run reuses everything: no new parts, no new ledger entries for generation or grading
     parts_before = sorted(p.name for p in run.path.rglob("part-*.parquet"))
     ledger_before = len(run.ledger())

@@ -1,6 +1,8 @@
 """The notebook series executed by papermill at smoke size on the real model, and the HTML report."""
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,20 @@ def test_html_is_self_contained(rendered):
         assert not re.search(r"<script[^>]+src=\"https?://cdn\.plot\.ly", html)
     slider = (out / "03_thresholds.html").read_text()
     assert '"sliders"' in slider and "accepted" in slider
+
+
+def test_reports_carry_no_machine_paths(rendered):
+    """The parameters cell names the run folder and outputs name checkpoints: no report may show where this
+    machine keeps the repo or whose home it is (workbench.report writes them relative and as ~)."""
+    _, paths = rendered
+    repo, home = Path(__file__).resolve().parents[1], Path.home()
+    machine = {str(p) for p in (repo, home, repo.absolute(), home.resolve(), Path(os.path.abspath(repo)))} - {"/", ""}
+    for path in paths:
+        html = path.read_text(encoding="utf-8")
+        # as written, and as nbconvert escapes it in widget state ("\/")
+        found = {p: html.count(p) for path in machine for p in (path, path.replace("/", "\\/")) if p in html}
+        assert not found, f"{path.name} shows this machine's paths {found}"
+    from workbench.models import data_dir
+
+    if data_dir().resolve().is_relative_to(repo):  # the run folder is still named, relative to the repo
+        assert "data/runs/" in (paths[0].parent / "01_generate.html").read_text(encoding="utf-8")

@@ -191,6 +191,8 @@ def test_training_panel_on_the_explorer_selection(tiny, tiny_model_dir, tmp_path
     steps = panel.result.stats["steps"]
     assert panel._ui["bar"].value == panel._ui["bar"].max == steps
     assert list(panel._ui["loss"].data[0].y) == pytest.approx(panel.result.history["loss"].tolist())
+    # ... and in the widget's synced state, which a notebook saved with widget state (the HTML report) draws
+    assert list(panel._ui["loss"]._widget_data[0]["y"]) == pytest.approx(panel.result.history["loss"].tolist())
     assert {"heldout_perplexity", "accuracy_strict", "diversity_distinct_2"} <= set(panel.comparison["metric"])
     assert len(panel.examples) == min(5, graded.loc[explorer.accepted_mask, "prompt"].nunique())
     assert {"before", "after"} <= set(panel.examples.columns)

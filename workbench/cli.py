@@ -7,6 +7,7 @@
     workbench loop CONFIG.yaml                     the self-learning loop (resumable)
     workbench finetune --data X.parquet --out DIR  fine-tune (runs under `accelerate launch -m workbench finetune`)
     workbench demo                                 the main job, end to end on the embedded default
+    workbench export RUN --format parquet OUT      a run's accepted samples as a dataset with a card (README.md)
 """
 from __future__ import annotations
 
@@ -115,6 +116,7 @@ def cmd_finetune(args) -> int:
 
     from .config import from_fields
     from .tasks.files import read_table
+    from .tracking import as_track, start
     from .train import TrainConfig, finetune
 
     # each FIELD=VALUE is checked against TrainConfig's field types before any work (`epochs: expected a number`)
@@ -124,11 +126,45 @@ def cmd_finetune(args) -> int:
         values[key] = yaml.safe_load(value)
     config = from_fields(TrainConfig, values, "")
     examples = read_table(Path(args.data), what="training examples")
-    result = finetune(examples, model=args.model, config=config, out_dir=args.out)
+    track = as_track(args.track) if int(os.environ.get("RANK", "0")) == 0 else None  # one process logs
+    with start(track, Path(args.out).resolve().name, {"model": args.model, "data": args.data, "train": values}):
+        result = finetune(examples, model=args.model, config=config, out_dir=args.out)
     if int(os.environ.get("RANK", "0")) == 0:
         stats = result.stats
         print(f"{stats['steps']} steps on {stats['processes']} process(es): loss {stats['first_loss']:.3f} -> "
               f"{stats['last_loss']:.3f}, {stats['real_tokens_per_s']:.0f} real tok/s; checkpoint {result.checkpoint}")
+    return 0
+
+
+def export_command(args) -> str:
+    """The `workbench export ...` line the dataset card records: as typed, with this machine's paths made
+    portable (a run given by name stays a name)."""
+    import shlex
+
+    from .dataset_card import portable_path
+
+    run = args.run if len(Path(args.run).parts) == 1 and not Path(args.run).exists() else portable_path(args.run)
+    words = ["workbench", "export", run]
+    for flag, value in (("--generation", args.generation), ("--task", args.task), ("--selection", args.selection),
+                        ("--kind", None if args.kind == "auto" else args.kind), ("--format", args.format)):
+        words += [flag, str(value)] if value is not None else []
+    return shlex.join(words + (["--overwrite"] if args.overwrite else []) + [portable_path(args.out)])
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    path = _run_path(args.run)
+    if not path.is_dir():
+        print(f"error: no run folder at {path}. Fix: pass a run folder, or a run's name under data/runs/.",
+              file=sys.stderr)
+        return 2
+    source = export(path, args.out, format=args.format, generation=args.generation, selection=args.selection,
+                    task=args.task, kind=args.kind, overwrite=args.overwrite, command=export_command(args))
+    what = (f"{len(source.rows)} accepted samples of {len(source.scope)} (selection {source.selection_name})"
+            if source.kind == "samples" else f"{len(source.rows)} preference pairs")
+    print(f"exported {what} from generation {source.generation} of {source.run.name} to {args.out} "
+          f"({args.format}); the dataset card is {Path(args.out) / 'README.md'}")
     return 0
 
 
@@ -195,7 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--method", default="full", choices=["full", "lora"])
     tune.add_argument("--out", required=True, help="folder; the checkpoint goes to OUT/checkpoint")
     tune.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="TrainConfig fields, e.g. epochs=2 max_steps=10")
+    tune.add_argument("--track", metavar="PROJECT", help="also log the loss curve to trackio's local store, "
+                      "data/tracking (README: Tracking)")
     tune.set_defaults(func=cmd_finetune)
+
+    exp = sub.add_parser("export", help="a run's accepted samples (or preference pairs) as a dataset with a card")
+    exp.add_argument("run", help="run folder (or a name under data/runs/)")
+    exp.add_argument("out", help="output folder (must not exist or be empty, unless --overwrite)")
+    exp.add_argument("--generation", type=int, help="default: the last generation with a saved selection")
+    exp.add_argument("--task", help="only this task's samples")
+    exp.add_argument("--selection", help="the saved selection's name (needed when the generation has several)")
+    exp.add_argument("--format", default="datasets", choices=["datasets", "jsonl", "parquet"],
+                     help="datasets: save_to_disk (datasets.load_from_disk reads it); jsonl/parquet: one file")
+    exp.add_argument("--kind", default="auto", choices=["auto", "samples", "pairs"],
+                     help="auto: the generation's preference pairs when it has them, else the accepted samples")
+    exp.add_argument("--overwrite", action="store_true", help="replace OUT if it holds something")
+    exp.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--smoke", action="store_true", help="tiny sizes, for a quick check")

@@ -21,6 +21,7 @@ from .errors import InputDataError
 from .live import LiveSelection
 from .metrics.audit import cohen_kappa, judge_audit
 from .select import Selection, SelectionPolicy, score_column, score_columns
+from .store import HUMAN_LABELS
 
 EXPLORER_MODES = ("thresholds", "target_rate", "top1_of_k")  # the mode dropdown: which rule follows the thresholds
 DIVERSITY_KEYS = ("distinct_1", "distinct_2", "distinct_3", "compression_ratio", "vendi_embedding")
@@ -66,6 +67,9 @@ class ExplorerState:
         self.live = LiveSelection(self.samples, embeddings=embeddings, text_column=text_column)
         self._all = self.live.update({}, mask=np.ones(len(self.samples), dtype=bool))
         self._audit_cache: dict = {}  # (grader, threshold) -> audit; the AUC does not move with the slider
+        self._map = None  # the data map's MapLayout, made on first use (UMAP costs seconds)
+        self.map_color_by = "status"  # what the map's points are coloured by (datamap.color_values)
+        self.map_selected = np.zeros(0, dtype=int)  # rows picked on the map with the box or lasso tool
         self._selection: Selection | None = None
         self._current = self._all
         self._recompute()
@@ -127,17 +131,27 @@ class ExplorerState:
 
     def label(self, sample_id: str, label: str | None, reviewer: str | None = None) -> None:
         """Mark a sample 'good' or 'bad' by hand (None clears it); stored in the run with time and reviewer."""
-        if label not in ("good", "bad", None):
-            self._refuse(f"Label must be 'good', 'bad' or None, not {label!r}.")
-            return
+        self.label_many([sample_id], label, reviewer)
+
+    def label_many(self, sample_ids, label: str | None, reviewer: str | None = None) -> bool:
+        """One verdict for several samples (a lasso on the data map), stored as one part; 'exclude' keeps
+        them out of the selection without calling them bad. No samples: nothing happens."""
+        if label not in (*HUMAN_LABELS, None):
+            return self._refuse(f"Label must be one of {HUMAN_LABELS} or None, not {label!r}.")
+        sample_ids = [str(sample_id) for sample_id in sample_ids]
+        if not sample_ids:
+            return False
         if self.run is not None:
-            self.run.add_label(sample_id, label, reviewer or self.reviewer or "", self.generation)
+            self.run.add_labels(dict.fromkeys(sample_ids, label), reviewer or self.reviewer or "", self.generation)
             self.labels = self.run.labels(self.generation)
-        elif label is None:
-            self.labels.pop(sample_id, None)
         else:
-            self.labels[sample_id] = label
+            for sample_id in sample_ids:
+                if label is None:
+                    self.labels.pop(sample_id, None)
+                else:
+                    self.labels[sample_id] = label
         self._recompute()
+        return True
 
     def _refuse(self, problem: str) -> bool:
         self.message = problem
@@ -211,7 +225,7 @@ class ExplorerState:
         return audits
 
     def _human_agreement(self) -> dict:
-        human = self.samples["sample_id"].map({k: 1.0 if v == "good" else 0.0 for k, v in self.labels.items()})
+        human = self.samples["sample_id"].map(self.labels).map({"good": 1.0, "bad": 0.0})  # 'exclude' is no verdict
         both = human.notna()
         out = {}
         for name, threshold in self.thresholds.items():
@@ -219,6 +233,60 @@ class ExplorerState:
             out[name] = {"n": int(both.sum()), "agreement": float((verdict[both] == human[both]).mean()),
                          "kappa": cohen_kappa(verdict[both], human[both])}
         return out
+
+    # ------------------------------------------------------------------ the data map
+    def map_layout(self, method: str = "auto", seed: int = 0):
+        """The samples' 2-D layout (datamap.MapLayout), computed once: from the explorer's embeddings, or
+        MiniLM embeddings of the texts when it was made without them."""
+        if self._map is None or self._map.method != method and method != "auto":
+            from .datamap import project
+
+            embeddings = self.live.embeddings
+            if embeddings is None:
+                from .embeddings import embed
+
+                embeddings = embed(self.samples[self.text_column].astype(str).tolist())
+            self._map = project(embeddings, method=method, seed=seed)
+        return self._map
+
+    def map_colors(self, by: str | None = None):
+        """(values, categories) the map is coloured by: a grader's scores, or codes of status / human label /
+        task / generation (`datamap.color_values`)."""
+        from .datamap import color_values
+
+        return color_values(self.samples, by or self.map_color_by, self.accepted_mask, self.labels)
+
+    def set_map_color(self, by: str) -> bool:
+        try:
+            self.map_colors(by)
+        except InputDataError as exc:
+            return self._refuse(str(exc))
+        self.map_color_by = by
+        self._refresh()
+        return True
+
+    def select_on_map(self, indices) -> bool:
+        """Rows picked with the box or lasso tool. Zero points: nothing happens (the previous pick stays)."""
+        indices = np.unique(np.asarray(list(indices), dtype=int))
+        if len(indices) == 0:
+            return False
+        if indices.min() < 0 or indices.max() >= len(self.samples):
+            return self._refuse(f"Map selection has rows outside 0..{len(self.samples) - 1}.")
+        self.map_selected = indices
+        self._refresh()
+        return True
+
+    def map_selection(self) -> pd.DataFrame:
+        """The rows picked on the map, with their status and human label."""
+        rows = self.samples.iloc[self.map_selected]
+        return rows.assign(status=np.where(self.accepted_mask[self.map_selected], "accepted", "rejected"),
+                           human=[self.labels.get(s, "") for s in rows["sample_id"]] if "sample_id" in rows else "")
+
+    def label_map_selection(self, label: str | None) -> bool:
+        """Label every picked row good / bad / exclude (None clears); stored like any other label."""
+        if "sample_id" not in self.samples.columns:
+            return self._refuse("Labels need a sample_id column.")
+        return self.label_many(self.samples["sample_id"].to_numpy()[self.map_selected], label)
 
     # ------------------------------------------------------------------ saving
     def selection(self) -> Selection:

@@ -9,9 +9,11 @@ g - 1 (`Run.checkpoint_dir(g)`). Every stage leaves a file behind, so a run kill
 rerun with the same command continues from the last finished step: samples and scores resume row
 by row, a finished evaluation lives in the generation's metrics.json, a finished fine-tune is the atomically
 renamed checkpoint folder. The config is recorded in the run and a rerun with other settings is refused.
+With a `track:` section, each generation's metrics and each fine-tune's loss curve also go to a local
+trackio store (workbench/tracking.py); off by default.
 
 The config is typed: one dataclass per section (GenerateConfig, SelectionPolicy, MixPolicy, TrainConfig,
-EvalConfig, CollapseConfig, PriceConfig). `LoopConfig.from_dict` / `from_yaml` check every key against
+EvalConfig, CollapseConfig, PriceConfig, TrackConfig). `LoopConfig.from_dict` / `from_yaml` check every key against
 its field's type and name a wrong one by its path (`select.thresholds.judge: expected a number, got
 'high'`) before any work is done.
 """
@@ -27,6 +29,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from . import tracking
 from .evaluate import evaluate
 from .loop_config import (GRADERS, CollapseConfig, EvalConfig, GenerateConfig, LoopConfig,  # noqa: F401 (re-exported)
                           MixPolicy, PriceConfig, _as_config)
@@ -329,19 +332,24 @@ def run(config: LoopConfig | dict | str | Path, say: Callable[[str], None] | Non
     loop_run.check_config("loop", config.to_record())
     real = real_data(config)
     evaluations: list[dict] = []
-    for generation in range(config.generations + 1):
-        step = Step(config, loop_run, generation, say)
-        evaluations.append(evaluate_stage(step))
-        if monitor_collapse(step, evaluations) or generation == config.generations:
-            break
-        if "data" in loop_run.metrics(generation) and loop_run.checkpoint_dir(generation + 1).exists():
-            continue
-        samples, generated = generate_stage(step)
-        graded, scored = grade_stage(step, samples)
-        accepted_rows, selected = select_stage(step, graded)
-        training_set, mixed = mix_stage(step, accepted_rows, real)
-        data = {**scored, **selected, **generated, **mixed, **train_stage(step, training_set)}
-        loop_run.update_metrics(generation, data={**data, **cost_stage(config, data)})
+    # tracking off (the default): a no-op, nothing imported; on: finetune logs its steps into this run too
+    with tracking.start(config.track, tracking.run_name(loop_run.path), config.to_record(), say) as tracker:
+        for generation in range(config.generations + 1):
+            if generation:
+                tracker.log_generation(loop_run, generation - 1)  # its data and fine-tune are done
+            step = Step(config, loop_run, generation, say)
+            evaluations.append(evaluate_stage(step))
+            if monitor_collapse(step, evaluations) or generation == config.generations:
+                break
+            if "data" in loop_run.metrics(generation) and loop_run.checkpoint_dir(generation + 1).exists():
+                continue
+            samples, generated = generate_stage(step)
+            graded, scored = grade_stage(step, samples)
+            accepted_rows, selected = select_stage(step, graded)
+            training_set, mixed = mix_stage(step, accepted_rows, real)
+            data = {**scored, **selected, **generated, **mixed, **train_stage(step, training_set)}
+            loop_run.update_metrics(generation, data={**data, **cost_stage(config, data)})
+        tracker.log_generation(loop_run, generation)  # the last one evaluated
     return history(loop_run)
 
 

@@ -1,5 +1,5 @@
 """The loop's configuration: one typed dataclass per section (GenerateConfig, SelectionPolicy, MixPolicy,
-TrainConfig, EvalConfig, CollapseConfig, PriceConfig) under `LoopConfig`. `LoopConfig.from_dict` /
+TrainConfig, EvalConfig, CollapseConfig, PriceConfig, TrackConfig) under `LoopConfig`. `LoopConfig.from_dict` /
 `from_yaml` check every key against its field's type and name a wrong one by its path
 (`select.thresholds.judge: expected a number, got 'high'`) before any work is done.
 """
@@ -21,6 +21,7 @@ from .sampling import SamplingParams
 from .mix import parse_mix
 from .select import SelectionPolicy
 from .store import SCORE_PREFIX
+from .tracking import TrackConfig
 from .train import TrainConfig
 
 GRADERS = ("verifier", "verifier_strict", "judge", "perplexity", "heuristics", "consistency", "pairwise", "certainty",
@@ -173,6 +174,8 @@ class LoopConfig:
     price: PriceConfig = field(default_factory=lambda: PriceConfig(cpu_hour=0.10, gpu_hour=3.00,
                                                                    per_million_tokens=0.0))
     seed: int = 0
+    track: TrackConfig = field(default_factory=TrackConfig)  # experiment tracking (workbench/tracking.py): off
+                                           # unless track.project is set; not part of the run's record
 
     def __post_init__(self) -> None:
         # a section may be given as its dataclass or as what YAML gives (a dict; a string for mix)
@@ -215,7 +218,7 @@ class LoopConfig:
                     f"graders: 'panel' combines the self-graders {list(PANEL_INPUTS)} listed before it and fits on "
                     f"the labels of 'verifier', which must run before it too; got {self.graders}.",
                     "List them first, e.g. graders: [verifier, consistency, judge, panel].")
-        for name in ("generate", "select", "mix", "train", "eval", "collapse"):
+        for name in ("generate", "select", "mix", "train", "eval", "collapse", "track"):
             check_section(getattr(self, name), name)
         read = list(self.select.graders()) + list(self.select.schedule or {})
         missing = [name for name in read if name.removeprefix(SCORE_PREFIX) not in self.graders]
@@ -226,9 +229,12 @@ class LoopConfig:
     def to_record(self) -> dict:
         """What the run's config.yaml records under `loop` (a rerun must match it): every top-level field, and
         each section as the fields that were set (as its YAML was written). The loop recorded this shape
-        before its config was typed, so run folders made then still resume."""
+        before its config was typed, so run folders made then still resume. `track` is left out: where the
+        metrics are also logged changes no result, so turning tracking on must not refuse a resume."""
         record = {}
         for f in fields(self):
+            if f.name == "track":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, MixPolicy):
                 record[f.name] = value.to_record()

@@ -231,6 +231,13 @@ class Selection:
         atomic_write_bytes(run.selection_path(generation, name), buffer.getvalue().to_pybytes())
         return name
 
+    def to_dataset(self, run, generation: int = 0, task: str | None = None):
+        """The accepted samples of `run`'s generation as a `datasets.Dataset` (see `workbench.export`; a
+        dataset card comes with `workbench.export.export` and `workbench export`)."""
+        from .export import samples_dataset
+
+        return samples_dataset(self, run, generation, task)
+
     @classmethod
     def load(cls, run, generation: int = 0, name: str | None = None) -> "Selection":
         """A saved selection; `name` may be left out when the generation has exactly one."""
@@ -312,10 +319,12 @@ def apply_policy(policy: SelectionPolicy, scores: dict[str, np.ndarray], n: int,
         reject(_duplicates(policy, order[mask[order]], n, texts, embeddings), f"dedup:{policy.dedup}")
     if labels:  # human verdicts override the graders
         verdict = pd.Series(sample_ids).map(labels).to_numpy()
-        good, bad = verdict == "good", verdict == "bad"
+        good = verdict == "good"
         mask[good], reason[good] = True, ""
-        reason[bad & mask] = "human:bad"
-        mask[bad] = False
+        for rule in ("bad", "exclude"):  # 'exclude': kept out by hand without a quality verdict
+            rows = verdict == rule
+            reason[rows & mask] = f"human:{rule}"
+            mask[rows] = False
     counts["rejected_by"] = {rule: int((reason == rule).sum()) for rule in dict.fromkeys(reason[~mask])}
     return mask, reason.astype(str), counts
 

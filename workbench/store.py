@@ -15,7 +15,8 @@ folder. This table is the one description of it (the README's run-folder section
                                                 read as the selection named "selection"
     <run>/gen-000/metrics.json                  the loop's per-generation metrics (Run.metrics)
     <run>/gen-000/<name>.parquet                whole tables (Run.write_frame/read_frame): the loop's train_accepted and
-                                                train_set, judge-bias probes (probes_<judge>)
+                                                train_set, judge-bias probes (probes_<judge>), preference pairs
+                                                (pairs: prompt/chosen/rejected, what `workbench export` exports)
     <run>/gen-000/eval/                         the evaluation's own run (Run.eval_run)
     <run>/gen-001/checkpoint/                   the model trained at the end of generation 0 (Run.checkpoint_dir)
     <run>/panel/gen-001/                        the training panel's fine-tunes (Run.panel_dir)
@@ -42,6 +43,7 @@ from .errors import InputDataError, RunConfigError
 _HOST = socket.gethostname().replace("-", "_")
 SCORE_PREFIX = "score__"  # a graded table's column for grader <name> is score__<name>
 TRAINED_PREFIX = "trained_on__"  # True on the rows a fitted grader (a Panel) was trained on
+HUMAN_LABELS = ("good", "bad", "exclude")  # a human's verdict on a sample (Run.add_labels says what each means)
 LEGACY_SELECTION = "selection"  # the name a run made before keyed selections gives its gen-XXX/selection.parquet
 
 
@@ -322,13 +324,24 @@ class Run:
         return samples
 
     def add_label(self, sample_id: str, label: str | None, reviewer: str = "", generation: int = 0) -> None:
-        """Record a human verdict ('good', 'bad', or None to clear it), with reviewer and time."""
-        self.append("labels", pd.DataFrame([{
-            "sample_id": sample_id, "label": label or "", "reviewer": reviewer or "",
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]), generation)
+        """Record a human verdict (one of HUMAN_LABELS, or None to clear it), with reviewer and time."""
+        self.add_labels({sample_id: label}, reviewer, generation)
+
+    def add_labels(self, labels: dict[str, str | None], reviewer: str = "", generation: int = 0) -> None:
+        """Several verdicts in one part (a lasso over 500 points is one file, not 500). 'good'/'bad' are
+        quality verdicts that override the graders; 'exclude' keeps a sample out of the selection without
+        saying it is bad (the audit ignores it); None clears a sample's label."""
+        unknown = {label for label in labels.values() if label not in (*HUMAN_LABELS, None)}
+        if unknown:
+            raise InputDataError(f"Unknown human label(s) {sorted(unknown)}.", f"Use one of {HUMAN_LABELS} or None.")
+        if not labels:
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.append("labels", pd.DataFrame([{"sample_id": sample_id, "label": label or "", "reviewer": reviewer or "",
+                                             "time": now} for sample_id, label in labels.items()]), generation)
 
     def labels(self, generation: int = 0) -> dict[str, str]:
-        """sample_id -> 'good' | 'bad': the latest label of each sample (a cleared label drops it)."""
+        """sample_id -> 'good' | 'bad' | 'exclude': the latest label of each sample (a cleared label drops it)."""
         stored = self.read("labels", generation)
         latest = dict(zip(stored["sample_id"], stored["label"])) if len(stored) else {}
         return {sample_id: label for sample_id, label in latest.items() if label}

@@ -286,13 +286,18 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
     The caller's model is never modified (a LoadedModel is reloaded from its folder). `callback(event)`
     runs after every optimizer step with step, total_steps, loss, lr, tokens, tokens_per_s (a widget
     uses it for a live loss plot). Keyword overrides set TrainConfig fields: finetune(df, epochs=2).
+    Inside `workbench.tracking.start(...)` (the loop with a `track:` section, `workbench finetune --track`)
+    every step's loss, lr, grad_norm and tokens/s are logged to the tracker as well.
     """
     import torch
+
+    from .tracking import with_training
 
     config = config or TrainConfig()
     if overrides:
         config = TrainConfig(**{**asdict(config), **overrides})
     config.check()
+    callback = with_training(callback)  # inside `tracking.start` (the loop's track:), each step is logged too
     if examples is None or len(examples) == 0:
         raise InputDataError("No training examples: the selection accepted nothing.",
                              "Lower the thresholds (or use a target rate) so some samples are accepted, "

@@ -84,6 +84,7 @@ class TrainingPanel:
         self._status(f"Fine-tuning on {len(rows)} samples...")
         self.result = finetune(rows, model=before_model, out_dir=folder, callback=self._on_step,
                                **self.train_options)
+        self._save_loss_curve()
         after_model = load_model(str(self.result.checkpoint), dtype="fp32")
         self._status("Evaluating the model after training...")
         after = evaluate(after_model, Run(folder / "after"), **measure)
@@ -132,6 +133,7 @@ class TrainingPanel:
         tables = w.Output()
         self._ui = {"button": button, "bar": bar, "loss": loss, "status": status, "tables": tables,
                     "box": w.VBox([button, bar, status, loss, tables])}
+        self._save_loss_curve()  # the titles above, for a notebook saved before any training
         button.on_click(lambda _: self._clicked())
 
     def _clicked(self) -> None:
@@ -157,6 +159,14 @@ class TrainingPanel:
             trace = loss.data[0]
             trace.x = tuple(trace.x or ()) + (event["step"],)
             trace.y = tuple(trace.y or ()) + (event["loss"],)
+
+    def _save_loss_curve(self) -> None:
+        """The loss figure as it is now (titles, the finished curve) into its saved widget state: live
+        points never reach it otherwise (`widgets.save_figure_state`)."""
+        if self._ui is not None:
+            from .widgets import save_figure_state
+
+            save_figure_state(self._ui["loss"])
 
     def _show_tables(self) -> None:
         if self._ui is None:

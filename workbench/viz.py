@@ -11,6 +11,7 @@ import pandas as pd
 from .store import score_column
 
 ACCEPTED, REJECTED, THRESHOLD = "#2a9d8f", "#e76f51", "#264653"
+EXPLORER_FIGURE_WIDTH = 460  # px: the explorer's histograms and scatter, one grid cell each
 
 
 def _go():
@@ -222,4 +223,61 @@ def seed_curves(summary: pd.DataFrame, metric: str, by: str = "arm", title: str 
     figure.update_layout(title=title or f"{metric}: mean ± 95% CI across seeds", xaxis_title="generation",
                          yaxis_title=metric, height=340, margin=dict(l=50, r=10, t=50, b=40),
                          xaxis=dict(dtick=1))
+    return figure
+
+
+CATEGORY_COLORS = ["#e76f51", "#2a9d8f", "#264653", "#e9c46a", "#8d99ae", "#9467bd", "#f4a261", "#1f77b4",
+                   "#8c564b", "#17becf"]  # status: rejected, accepted (the explorer's colours) come first
+MAP_WIDTH = 640  # px: the explorer's map tab; 10k points stay readable, and it fits a 1000 px notebook
+
+
+def map_colors(values, categories: list[str] | None) -> dict:
+    """Marker settings for one trace coloured by `values`: a grader's scores on a continuous scale, or
+    integer codes into `categories` on a stepped scale with one labelled colour per category."""
+    values = np.asarray(values, dtype=float)
+    if categories is None:
+        return dict(color=values, colorscale="Viridis", cmin=None, cmax=None, showscale=True,
+                    colorbar=dict(title="score", thickness=12, tickvals=None, ticktext=None))
+    count = max(len(categories), 1)
+    scale = []
+    for index in range(count):  # each category owns [index, index + 1) / count of the scale
+        color = CATEGORY_COLORS[index % len(CATEGORY_COLORS)]
+        scale += [[index / count, color], [(index + 1) / count, color]]
+    return dict(color=values, colorscale=scale, cmin=-0.5, cmax=count - 0.5, showscale=True,
+                colorbar=dict(title="", thickness=12, tickvals=list(range(count)), ticktext=list(categories)))
+
+
+def _hover(texts, limit: int = 160) -> list[str]:
+    import html
+    import textwrap
+
+    return ["<br>".join(textwrap.wrap(html.escape(str(t)[:limit]), 60)) for t in texts]
+
+
+def data_map_live(coords, values, categories: list[str] | None, texts, title: str = "data map"):
+    """The explorer's map: ONE Scattergl trace (the point index is the row index, so a lasso's
+    point_inds are rows) whose marker colour the explorer swaps on every change; lasso is the drag mode."""
+    go = _go()
+    coords = np.asarray(coords, dtype=float)
+    figure = go.Figure([go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", text=_hover(texts),
+                                     hovertemplate="%{text}<extra></extra>", name="samples",
+                                     marker=dict(size=5, opacity=0.75, **map_colors(values, categories)))])
+    figure.update_layout(title=title, width=MAP_WIDTH, height=480, dragmode="lasso", margin=dict(l=10, r=10, t=40, b=10),
+                         xaxis=dict(showticklabels=False, zeroline=False), yaxis=dict(showticklabels=False, zeroline=False))
+    return figure
+
+
+def data_map(points: pd.DataFrame, color: str = "generation", title: str | None = None):
+    """A static map (`datamap.generations_map` output: x, y, text and the `color` column), one trace per
+    value of `color` so the legend can hide and show them (e.g. one generation at a time)."""
+    go = _go()
+    figure = go.Figure()
+    for number, (value, frame) in enumerate(points.groupby(color, sort=True)):
+        figure.add_trace(go.Scattergl(x=frame["x"], y=frame["y"], mode="markers", name=f"{color} {value}",
+                                      text=_hover(frame["text"]), hovertemplate="%{text}<extra></extra>",
+                                      marker=dict(size=5, opacity=0.7, color=CATEGORY_COLORS[(number + 2) % len(CATEGORY_COLORS)])))
+    method = points.attrs.get("map", {})
+    figure.update_layout(title=title or f"data map by {color} ({method.get('method', '?').upper()} of MiniLM embeddings)",
+                         height=520, margin=dict(l=10, r=10, t=50, b=10), legend=dict(itemsizing="constant"),
+                         xaxis=dict(showticklabels=False, zeroline=False), yaxis=dict(showticklabels=False, zeroline=False))
     return figure

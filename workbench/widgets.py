@@ -20,6 +20,24 @@ from .explorer import EXPLORER_MODES, ExplorerState
 from .select import score_column
 
 
+MAP_AT_ONCE_MAX_ROWS = 20_000  # larger tables draw the data map when its tab's button is pressed
+SAVED_STATE_MAX_ROWS = 5_000  # up to this many rows every change also refreshes the figures' saved state
+
+
+def save_figure_state(figure) -> None:
+    """Put a FigureWidget as it is now into its saved widget state.
+
+    Changes after a FigureWidget is made (update_layout, batch_update of its data) reach the browser as
+    one-off messages and leave its synced `_widget_data`/`_widget_layout` as they were at creation, so a
+    notebook saved with its widget state (papermill, `workbench report`) would show the figure as first
+    drawn. plotly copies `_data` the same way when a figure is displayed by itself; its front-end ignores
+    the change, so the live plot is untouched. Costs a copy of the figure's data over the comm."""
+    from copy import deepcopy
+
+    figure._widget_data = deepcopy(figure._data)
+    figure._widget_layout = deepcopy(figure._layout_obj._props)
+
+
 class ThresholdExplorer(ExplorerState):
     """The explorer's state with an ipywidgets view (`widget`), built on first access."""
 
@@ -77,17 +95,82 @@ class ThresholdExplorer(ExplorerState):
         save.on_click(lambda _: self.save_selection())
         ui.update(sliders=sliders, mode=mode, rate=rate, dedup=dedup, save=save, reviewer=reviewer)
         figures = list(ui["histograms"].values()) + ([ui["scatter"]] if ui["scatter"] is not None else [])
-        ui["box"] = w.VBox([
-            w.HTML("<b>Threshold explorer</b>: move a slider; accepted samples are green."),
+        for figure in figures:  # a fixed width that fits the grid cell: autosize drew them wider and cut them
+            figure.layout.width = viz.EXPLORER_FIGURE_WIDTH
+        thresholds_tab = w.VBox([
             w.HBox([w.VBox(list(sliders.values())), w.VBox([mode, rate, dedup])]),
-            ui["count"], ui["message"],
             w.HBox([ui["diversity"], ui["audit"]]),
-            w.GridBox(figures, layout=w.Layout(grid_template_columns="repeat(2, 480px)")),
+            # as many 480 px columns as fit: two on a wide notebook, one on a narrow one (never cut off)
+            w.GridBox(figures, layout=w.Layout(grid_template_columns=f"repeat(auto-fill, {viz.EXPLORER_FIGURE_WIDTH + 20}px)",
+                                               width="100%")),
             w.HTML("<b>Examples near the threshold</b> (mark good/bad to override the graders)"),
             ui["examples"], w.HBox([reviewer, save]),
         ])
+        ui["map_box"] = w.VBox([w.HTML("The data map lays every sample out in 2-D by meaning (MiniLM + UMAP)."),
+                                w.Button(description="draw the data map", icon="map")])
+        ui["map_box"].children[1].on_click(lambda _: self._build_map())
+        ui["tabs"] = w.Tab([thresholds_tab, ui["map_box"]])
+        ui["tabs"].set_title(0, "thresholds")
+        ui["tabs"].set_title(1, "data map")
+        ui["box"] = w.VBox([
+            w.HTML("<b>Threshold explorer</b>: move a slider; accepted samples are green."),
+            ui["count"], ui["message"], ui["tabs"],
+        ])
         self._ui = ui
+        # embeddings at hand: the map costs only its projection (UMAP: ~10 s at 10k rows; minutes at 100k,
+        # where the tab's button draws it on request)
+        if self.live.embeddings is not None and len(self.samples) <= MAP_AT_ONCE_MAX_ROWS:
+            self._build_map()
         self._refresh()
+
+    def _build_map(self) -> None:
+        """The data-map tab: one lasso-able scatter of every sample, a colour menu, the picked rows and
+        buttons that label them (good / bad / exclude from the selection / clear)."""
+        import ipywidgets as w
+        import plotly.graph_objects as go
+
+        from . import viz
+
+        if "map" in self._ui:
+            return
+        layout = self.map_layout()
+        values, categories = self.map_colors()
+        figure = go.FigureWidget(viz.data_map_live(layout.coords, values, categories, self.samples[self.text_column],
+                                                   title=f"{len(self.samples)} samples ({layout.method.upper()})"))
+        figure.data[0].on_selection(lambda trace, points, selector: self.select_on_map(points.point_inds))
+        options = self.graders + ["status", "human"] + [c for c in ("task", "generation") if c in self.samples.columns]
+        color = w.Dropdown(options=options, value=self.map_color_by, description="colour by")
+        color.observe(lambda change: self.set_map_color(change["new"]), names="value")
+        buttons = []
+        for text, label, style in (("good", "good", "success"), ("bad", "bad", "danger"),
+                                   ("exclude", "exclude", "warning"), ("clear label", None, "")):
+            button = w.Button(description=text, button_style=style, layout=w.Layout(width="100px"))
+            button.on_click(lambda _, value=label: self.label_map_selection(value))
+            buttons.append(button)
+        picked = w.HTML()
+        note = f"<small>{layout.note}</small>" if layout.note else ""
+        self._ui.update(map=figure, map_color=color, map_picked=picked)
+        self._ui["map_box"].children = [
+            w.HTML("Drag a lasso or box over points to pick them; label the picked samples in one click. "
+                   f"'exclude' keeps them out of the selection without calling them bad.{note}"),
+            w.HBox([color] + buttons), figure, picked]
+        self._refresh_map()
+
+    def _refresh_map(self) -> None:
+        if self._ui is None or "map" not in self._ui:
+            return
+        from . import viz
+
+        values, categories = self.map_colors()
+        with self._ui["map"].batch_update():
+            self._ui["map"].data[0].marker.update(viz.map_colors(values, categories))
+        picked = self.map_selection().head(8)
+        rows = "".join(f"<tr><td>{html.escape(str(r.status))}</td><td>{html.escape(str(r.human))}</td>"
+                       f"<td>{html.escape(str(getattr(r, self.text_column)))[:200]}</td></tr>"
+                       for r in picked.itertuples())
+        self._ui["map_picked"].value = (f"<b class='wb-map-picked-count'>{len(self.map_selected)} picked</b>" + (
+            f"<table class='wb-map-picked'><tr><th>status</th><th>human</th><th>text</th></tr>{rows}</table>"
+            if rows else " (drag a lasso over the map)"))
 
     def _show_message(self) -> None:
         if self._ui is not None:
@@ -127,6 +210,20 @@ class ThresholdExplorer(ExplorerState):
                     trace.x = self.samples.loc[part, score_column(x)].to_numpy()
                     trace.y = self.samples.loc[part, score_column(y)].to_numpy()
         self._refresh_examples()
+        self._refresh_map()
+        if len(self.samples) <= SAVED_STATE_MAX_ROWS:
+            self.save_figures()
+
+    def save_figures(self) -> None:
+        """The explorer's figures as they are now into the notebook's saved widget state, so a report shows
+        the last thresholds' histograms, not the first ones (automatic up to SAVED_STATE_MAX_ROWS rows; call it
+        before saving a notebook over a larger table)."""
+        if self._ui is None:
+            return
+        figures = list(self._ui["histograms"].values()) + [self._ui.get("scatter"), self._ui.get("map")]
+        for figure in figures:
+            if figure is not None:
+                save_figure_state(figure)
 
     def _probes_html(self) -> str:
         """The stored judge-bias probes (estimate and 95% CI per probe), under the audit table."""

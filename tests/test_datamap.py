@@ -1,0 +1,132 @@
+"""The data map: layouts (UMAP and the PCA fallback), colouring, and the explorer's lasso -> label / exclude."""
+import shutil
+
+import numpy as np
+import pytest
+
+from workbench import Run
+from workbench.datamap import color_values, generations_map, pca, project
+from workbench.errors import InputDataError
+from workbench.select import accept
+from workbench.widgets import ThresholdExplorer
+
+
+def clusters(n_per: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three well-separated blobs in 384-D (unit-ish vectors like MiniLM's) and their blob ids."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 384)) * 3
+    ids = np.repeat(np.arange(3), n_per)
+    return (centres[ids] + rng.normal(size=(len(ids), 384)) * 0.3).astype(np.float32), ids
+
+
+def separated(coords: np.ndarray, ids: np.ndarray) -> bool:
+    """Every point is nearer its own blob's centroid than any other blob's (in the 2-D map)."""
+    centroids = np.stack([coords[ids == k].mean(axis=0) for k in np.unique(ids)])
+    nearest = np.argmin(((coords[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+    return bool((nearest == ids).all())
+
+
+def test_umap_keeps_clusters_apart_and_is_reproducible_by_seed():
+    embeddings, ids = clusters()
+    first = project(embeddings, seed=3)
+    assert first.method == "umap" and first.note == "" and first.coords.shape == (len(ids), 2)
+    assert separated(first.coords, ids)
+    assert np.allclose(first.coords, project(embeddings, seed=3).coords)
+
+
+def test_pca_fallback_small_inputs_and_bad_input():
+    embeddings, ids = clusters(n_per=10)
+    layout = project(embeddings, method="pca")
+    assert layout.method == "pca" and separated(layout.coords, ids)
+    # PCA is the top-2 principal subspace: its coordinates' variance equals the top squared singular values / n
+    centred = embeddings - embeddings.mean(0)
+    singular = np.linalg.svd(centred.astype(np.float64), compute_uv=False)[:2]
+    assert np.allclose(layout.coords.var(axis=0) * len(embeddings), singular ** 2, rtol=1e-3)
+    few = project(embeddings[:4])  # fewer than 5: PCA with a note, never a UMAP crash
+    assert few.method == "pca" and "at least 5" in few.note and few.coords.shape == (4, 2)
+    assert project(embeddings[:1]).coords.shape == (1, 2)
+    with pytest.raises(InputDataError, match="no samples"):
+        project(np.zeros((0, 384)))
+    broken = embeddings.copy()
+    broken[2, 5] = np.nan
+    with pytest.raises(InputDataError, match="NaN"):
+        project(broken)
+    with pytest.raises(InputDataError, match="Unknown data-map method"):
+        project(embeddings, method="tsne")
+    assert pca(embeddings[:3], 2).shape == (3, 2)
+
+
+def test_color_values(make_graded):
+    graded = make_graded(40, seed=1).assign(task=["arithmetic", "instructions"] * 20)
+    scores, categories = color_values(graded, "judge")
+    assert categories is None and np.allclose(scores, graded["score__judge"])
+    accepted = graded["score__judge"].to_numpy() > 0.5
+    codes, categories = color_values(graded, "status", accepted)
+    assert categories == ["rejected", "accepted"] and np.array_equal(codes == 1, accepted)
+    codes, categories = color_values(graded, "human", labels={"s0": "good", "s1": "exclude"})
+    assert [categories[int(c)] for c in codes[:3]] == ["good", "exclude", "unlabelled"]
+    codes, categories = color_values(graded, "task")
+    assert categories == ["arithmetic", "instructions"] and codes[1] == 1
+    with pytest.raises(InputDataError, match="Cannot colour"):
+        color_values(graded, "nonsense")
+
+
+def test_lasso_labels_and_excludes_through_the_run(make_graded, tmp_path):
+    graded = make_graded(120, seed=2)
+    run = Run(tmp_path / "run")
+    embeddings, _ = clusters()
+    explorer = ThresholdExplorer(graded, run=run, embeddings=embeddings)
+    explorer.widget  # embeddings given: the map tab is drawn at once
+    figure = explorer._ui["map"]
+    assert len(figure.data[0].x) == len(graded) and figure.layout.dragmode == "lasso"
+    before = explorer.accepted_mask.copy()
+    assert explorer.select_on_map([]) is False and len(explorer.map_selected) == 0  # an empty lasso: nothing happens
+    picked = np.flatnonzero(before)[:5]
+    assert explorer.select_on_map(picked) and "5 picked" in explorer._ui["map_picked"].value
+    assert explorer.label_map_selection("exclude")
+    stored = run.labels()
+    assert {stored[graded["sample_id"][i]] for i in picked} == {"exclude"}
+    assert not explorer.accepted_mask[picked].any()
+    assert (explorer.accepted_mask | np.isin(np.arange(len(graded)), picked)).sum() == before.sum()
+    assert {explorer.rejected_by(i) for i in picked} == {"human:exclude"}
+    # the saved selection reproduces the exclusion through select.accept, like any other label
+    again = accept(graded, explorer.policy, labels=run.labels())
+    assert np.array_equal(again.mask, explorer.accepted_mask)
+    # 'exclude' is no quality verdict: the human-agreement audit ignores it
+    assert "human_agreement" not in explorer.summary() or explorer.summary()["human_agreement"]["judge"]["n"] == 0
+    explorer.set_map_color("human")
+    codes = np.asarray(figure.data[0].marker.color)
+    assert (codes[picked] == 3).all()  # 'exclude' is category 3 of unlabelled/good/bad/exclude
+    assert explorer.label_map_selection(None) and not set(run.labels())
+    assert np.array_equal(explorer.accepted_mask, before)
+    assert explorer.set_map_color("nonsense") is False and "Cannot colour" in explorer.message
+    with pytest.raises(InputDataError, match="Unknown human label"):
+        run.add_labels({"s0": "meh"})
+
+
+def test_map_recolours_with_the_sliders(make_graded):
+    graded = make_graded(80, seed=3)
+    explorer = ThresholdExplorer(graded, embeddings=clusters(n_per=27)[0][:80])
+    explorer.widget
+    explorer.set_thresholds(judge=0.5)
+    colors = np.asarray(explorer._ui["map"].data[0].marker.color)
+    assert np.array_equal(colors == 1, explorer.accepted_mask)
+
+
+def test_generations_map_on_the_old_run(tmp_path):
+    """Two generations of a committed run (tests/fixtures/old_run) on one MiniLM + UMAP layout."""
+    from pathlib import Path
+
+    source = Path(__file__).parent / "fixtures" / "old_run"
+    shutil.copytree(source, tmp_path / "run")
+    run = Run(tmp_path / "run")
+    points = generations_map(run)
+    sizes = {g: len(run.samples(g)) for g in run.generations()}
+    assert points.groupby("generation").size().to_dict() == sizes
+    assert points[["x", "y"]].notna().all().all() and points.attrs["map"]["method"] in ("umap", "pca")
+    from workbench import viz
+
+    figure = viz.data_map(points, color="generation")
+    assert len(figure.data) == len(sizes)
+    with pytest.raises(InputDataError, match="No samples to map"):
+        generations_map(run, task="no-such-task")
