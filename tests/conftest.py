@@ -52,7 +52,7 @@ def widget_notebook(*, saved: bool = True, text: str = "", plotlyjs: bool = Fals
     import numpy as np
     import plotly.graph_objects as go
     import plotly.io as pio
-    from ipywidgets.embed import embed_data
+    from ipywidgets.embed import dependency_state, embed_data
 
     from workbench.report import WIDGET_STATE_MIME, WIDGET_VIEW_MIME
 
@@ -64,7 +64,9 @@ def widget_notebook(*, saved: bool = True, text: str = "", plotlyjs: bool = Fals
     figure.update_layout(title="judge: 4 accepted of 6 scored", barmode="stack")
     figure._widget_layout = dict(figure._layout_obj._props)  # as displaying the figure by itself would
     box = w.VBox([slider, label, figure])
-    data = embed_data(views=[box], drop_defaults=False)  # every trait, as nbclient saves them (anywidget's _esm)
+    # every trait, as nbclient saves them (anywidget's _esm); only these widgets' state: without `state`, embed_data
+    # saves every widget alive in the process (other tests' explorers: the count of FigureWidgets then varied)
+    data = embed_data(views=[box], state=dependency_state([box], drop_defaults=False), drop_defaults=False)
     static = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("explorer.widget", execution_count=1)

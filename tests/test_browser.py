@@ -245,16 +245,19 @@ FIGURE_FIT = """() => {  // each explorer figure: drawn, inside its grid cell an
     const grid = document.querySelector('.widget-gridbox');
     if (!grid) return null;
     const area = (grid.closest('.jp-OutputArea-output') || grid.parentElement).getBoundingClientRect();
-    return [...grid.children].map(cell => {
-        const plot = cell.querySelector('.js-plotly-plot');
-        const svg = plot && plot.querySelector('svg.main-svg');
-        if (!svg || !plot._fullLayout) return {drawn: false};
+    const cells = [...grid.children];
+    const plots = [...document.querySelectorAll('.js-plotly-plot')].filter(p => grid.contains(p));
+    if (plots.length < cells.length) return cells.map(() => ({drawn: false, plots: plots.length}));
+    return plots.map(plot => {
+        const svg = plot.querySelector('svg.main-svg');
+        if (!svg || !plot._fullLayout || !plot._fullLayout.xaxis) return {drawn: false};
+        const cell = cells.find(c => c.contains(plot)) || grid;
         const box = cell.getBoundingClientRect(), drawn = svg.getBoundingClientRect();
         let low = Infinity, high = -Infinity;
         for (const trace of plot._fullData || [])
             for (const x of (trace.x || [])) if (Number.isFinite(x)) { low = Math.min(low, x); high = Math.max(high, x); }
         return {drawn: true, title: String((plot.layout.title && plot.layout.title.text) || ''),
-                width: drawn.width, fits: drawn.left >= box.left - 1 && drawn.right <= box.right + 1
+                width: drawn.width, cell: box.width, fits: drawn.left >= box.left - 1 && drawn.right <= box.right + 1
                                           && drawn.left >= area.left - 1 && drawn.right <= area.right + 1,
                 range: plot._fullLayout.xaxis.range.map(Number), low, high};
     });
@@ -268,10 +271,18 @@ def _check_figures_fit(page, widths=(1500, 1000)) -> None:
         page.set_viewport_size({"width": width, "height": 1100})
         page.evaluate(SHOW_EXPLORER)
         page.wait_for_timeout(1500)  # JupyterLab re-lays out the panel after a resize
+        try:  # FigureWidgets draw asynchronously (each loads plotly's bundle) after the count label is set
+            page.wait_for_function(f"() => {{ const f = ({FIGURE_FIT})(); return !!f && f.length > 0 && "
+                                   "f.every(x => x.drawn); }", timeout=90_000, polling=500)
+        except Exception:
+            pass  # the assertions below say which figure is missing
         figures = page.evaluate(FIGURE_FIT)
         assert figures, f"no explorer figure grid at {width} px"
         for figure in figures:
-            assert figure["drawn"], f"an explorer figure is not drawn at {width} px: {figures}"
+            if not figure["drawn"]:
+                cell = page.evaluate("() => { const g = document.querySelector('.widget-gridbox');"
+                                     " return g && g.children.length ? g.children[0].outerHTML.slice(0, 800) : null; }")
+                pytest.fail(f"an explorer figure is not drawn at {width} px: {figures}\nfirst cell: {cell}", pytrace=False)
             assert figure["fits"], f"{figure['title']!r} is wider than its cell at a {width} px window: {figure}"
             if figure["low"] <= figure["high"]:  # the x-axis shows every value the figure holds
                 assert figure["range"][0] <= figure["low"] and figure["range"][1] >= figure["high"], figure
@@ -285,7 +296,8 @@ MAP_POINTS = """() => {  // the data map's points in page pixels (plotly's own a
     const box = plot.getBoundingClientRect(), size = plot._fullLayout._size;
     const xa = plot._fullLayout.xaxis, ya = plot._fullLayout.yaxis, trace = plot._fullData[0];
     if (!box.width || !trace) return null;
-    return Array.from(trace.x, (x, i) => [box.left + size.l + xa.d2p(x), box.top + size.t + ya.d2p(trace.y[i])]);
+    const points = Array.from(trace.x, (x, i) => [box.left + size.l + xa.d2p(x), box.top + size.t + ya.d2p(trace.y[i])]);
+    return {points, area: [box.left + size.l, box.top + size.t, box.left + size.l + size.w, box.top + size.t + size.h]};
 }"""
 
 
@@ -300,13 +312,16 @@ def _lasso_and_exclude(page, run_dir: Path) -> None:
     page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].find(p => p.layout && p.layout.dragmode"
                   " === 'lasso').scrollIntoView({block: 'center'})")
     page.wait_for_timeout(500)
-    points = page.evaluate(MAP_POINTS)
+    drawn = page.evaluate(MAP_POINTS)
+    points, (left, top, right, bottom) = drawn["points"], drawn["area"]
     xs = sorted({round(x, 3) for x, _ in points})
     assert len(xs) >= 2, f"the smoke run's map has fewer than 2 distinct x positions: {points}"
     cut = (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2  # between two points' x: none sits on the edge
-    top, bottom = min(y for _, y in points) - 12, max(y for _, y in points) + 12
-    left = min(xs) - 12
-    inside = sum(left < x < cut for x, _ in points)
+    # the lasso must start on the plot area (a drag from the margin does not select): its full height, from
+    # its left edge to the cut; every drawn point lies inside the plot area
+    left, top, bottom = left + 2, top + 2, bottom - 2
+    assert all(left < x < right and top < y < bottom for x, y in points), (points, drawn["area"])
+    inside = sum(x < cut for x, _ in points)
     corners = [(left, top), (cut, top), (cut, bottom), (left, bottom), (left, top)]
     page.mouse.move(*corners[0])
     page.mouse.down()
