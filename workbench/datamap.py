@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputDataError
+from .store import HUMAN_LABELS, score_column, score_columns
 
 MIN_UMAP_SAMPLES = 5  # below this UMAP's neighbour graph is degenerate: PCA, with a note
 PCA_BEFORE_UMAP = 50  # UMAP on 50 principal components instead of 384 dimensions: same map, ~2x faster
@@ -103,14 +104,18 @@ def project(embeddings, method: str = "auto", seed: int = 0, n_neighbors: int = 
     return MapLayout(np.asarray(coords, dtype=np.float32), "umap", note, time.perf_counter() - started)
 
 
+def color_options(frame: pd.DataFrame) -> list[str]:
+    """What a map of `frame` can be coloured by: its graders, status, human label, and task / generation
+    when the frame has them (the explorer's colour menu, and the error for anything else)."""
+    return list(score_columns(frame)) + ["status", "human"] + [c for c in ("task", "generation") if c in frame.columns]
+
+
 def color_values(frame: pd.DataFrame, by: str, accepted: np.ndarray | None = None,
                  labels: dict[str, str] | None = None) -> tuple[np.ndarray, list[str] | None]:
     """What a map colours by, one value per row: (values, categories). A grader (`score__<name>` column)
     gives its scores and categories None (a continuous scale); "status" (accepted/rejected), "human"
     (good/bad/excluded/unlabelled), "task", "generation" or any other column give integer codes into
     `categories`."""
-    from .select import score_column
-
     if score_column(by) in frame.columns:
         return pd.to_numeric(frame[score_column(by)], errors="coerce").to_numpy(dtype=float), None
     if by == "status":
@@ -118,13 +123,12 @@ def color_values(frame: pd.DataFrame, by: str, accepted: np.ndarray | None = Non
             raise InputDataError("Colouring by status needs the accepted mask.", "Pass accepted=...")
         return np.asarray(accepted, dtype=bool).astype(float), ["rejected", "accepted"]
     if by == "human":
-        names = ["unlabelled", "good", "bad", "exclude"]
+        names = ["unlabelled", *HUMAN_LABELS]
         codes = frame["sample_id"].map(labels or {}).map({n: i for i, n in enumerate(names)}).fillna(0)
         return codes.to_numpy(dtype=float), names
     if by not in frame.columns:
-        options = [c for c in frame.columns if c.startswith("score__")] + ["status", "human", "task", "generation"]
         raise InputDataError(f"Cannot colour the map by {by!r}: no such grader or column.",
-                             f"Use one of {options}.")
+                             f"Use one of {color_options(frame)}.")
     codes, categories = pd.factorize(frame[by].astype(str), sort=True)
     return codes.astype(float), [str(c) for c in categories]
 

@@ -130,6 +130,7 @@ class ThresholdExplorer(ExplorerState):
         import plotly.graph_objects as go
 
         from . import viz
+        from .datamap import color_options
 
         if "map" in self._ui:
             return
@@ -138,8 +139,7 @@ class ThresholdExplorer(ExplorerState):
         figure = go.FigureWidget(viz.data_map_live(layout.coords, values, categories, self.samples[self.text_column],
                                                    title=f"{len(self.samples)} samples ({layout.method.upper()})"))
         figure.data[0].on_selection(lambda trace, points, selector: self.select_on_map(points.point_inds))
-        options = self.graders + ["status", "human"] + [c for c in ("task", "generation") if c in self.samples.columns]
-        color = w.Dropdown(options=options, value=self.map_color_by, description="colour by")
+        color = w.Dropdown(options=color_options(self.samples), value=self.map_color_by, description="colour by")
         color.observe(lambda change: self.set_map_color(change["new"]), names="value")
         buttons = []
         for text, label, style in (("good", "good", "success"), ("bad", "bad", "danger"),
