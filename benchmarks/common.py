@@ -37,3 +37,23 @@ def emit(result: dict, name: str, path: Path | None = None) -> None:
     path = path or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
+
+
+def matmul_peak_gflops(size: int = 1024, repeats: int = 20, dtype: str = "fp32") -> float:
+    """This machine's matmul rate in GFLOP/s (fp32, or "bf16"): the best of `repeats` square `size` x `size`
+    products (2 n^3 FLOPs each) with torch's default threads, after a warm-up. The ceiling the speed targets
+    are measured against (a share of it), since machines differ between sessions."""
+    import time
+
+    import torch
+
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9

@@ -123,11 +123,13 @@ def write(name: str, frame, summary, args, started: float, markdown_body: str, e
 
 
 def run_experiment(name: str, make_configs, columns: list[str], doc: str, metrics: list[str] | None = None,
-                   extra=None, markdown=None, share_base_eval: bool = False, argv: list[str] | None = None) -> int:
+                   extra=None, markdown=None, share_base_eval: bool = False, argv: list[str] | None = None,
+                   prepare=None) -> int:
     """Parse the arguments, run (or resume) every arm of `make_configs(<runs>/seed-<s>, smoke=, seed=)` for
     every seed, and write the long table of `columns` (with `seed`) and the summary of `metrics` (default:
     the numeric ones among `columns`). `extra(frame)` adds fields to the JSON; `markdown(summary, extra)`
-    replaces the default summary table; share_base_eval evaluates generation 0 once per seed."""
+    replaces the default summary table; share_base_eval evaluates generation 0 once per seed; `prepare(frame)`
+    adds derived columns to the long table before anything is summarised."""
     args = parse(doc, argv)
     from workbench.experiments import run_seeds, seed_configs, summarize_seeds
     from workbench.tracking import track_experiment
@@ -140,6 +142,8 @@ def run_experiment(name: str, make_configs, columns: list[str], doc: str, metric
     if args.track is not None:  # one tracker run per (arm, seed), grouped by arm; the run records are unchanged
         track_experiment(configs, project=args.track or name + ("-smoke" if args.smoke else ""))
     frame = run_seeds(configs, say=lambda text: print(text, flush=True), share_base_eval=share_base_eval)
+    if prepare is not None:
+        frame = prepare(frame)
     long = frame[["seed"] + [c for c in columns if c in frame.columns]]
     if metrics is None:
         metrics = [c for c in columns if c not in ("arm", "generation", "seed") and c in frame.columns

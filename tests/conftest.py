@@ -150,3 +150,47 @@ def smoke_report(tmp_path_factory, real_model_dir):
         yield SmokeReport(out, report(run_name=run_name, smoke=True, out_dir=out), run_name)
     finally:
         shutil.rmtree(data_dir() / "runs" / run_name, ignore_errors=True)
+
+
+class DemoSmoke(NamedTuple):
+    run_dir: Path      # the demo's run folder; its report is under run_dir/report/
+    paths: list[Path]  # the report's HTML files, in workbench.demo.SMOKE order (01, 03, 04)
+    stdout: str        # what the demo printed
+
+
+class _Tee:
+    """stdout for the demo: kept in a buffer for the tests' checks and passed on (pytest shows it on failure)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self):
+        for stream in self.streams:
+            stream.flush()
+
+    def __getattr__(self, name):  # isatty, encoding, fileno, ...: the stream passed on
+        return getattr(self.streams[-1], name)
+
+
+@pytest.fixture(scope="session")
+def demo_smoke(tmp_path_factory, real_model_dir):
+    """The main job at smoke size (`workbench.demo.main(smoke=True)`, report included) run once per session on
+    the real model; shared by test_demo.py (its stages, files, export and resume) and test_browser.py (its
+    reports opened offline, the explorer in 03_thresholds checked against its saved state)."""
+    import contextlib
+    import io
+    import sys
+
+    from workbench.demo import SMOKE, main
+
+    run_dir = tmp_path_factory.mktemp("demo") / "demo"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(buffer, sys.stdout)):
+        code = main(smoke=True, run_dir=run_dir)
+    assert code == 0, f"the demo returned {code}:\n{buffer.getvalue()[-3000:]}"
+    return DemoSmoke(run_dir, [run_dir / "report" / f"{name}.html" for name in SMOKE], buffer.getvalue())

@@ -10,6 +10,9 @@
    explorer, the training panel) must show its saved state: slider values, the count label and other HTML
    widgets' text, each histogram's bar heights bin by bin, the loss curve's points. A small hand-made widget
    page gets the same checks in seconds.
+3. The demo's own reports (`workbench.demo.main(smoke=True)`, run once by the `demo_smoke` fixture that
+   tests/test_demo.py shares) get the same offline checks: its 03_thresholds report shows the explorer, on
+   screen, with its saved state (count label, sliders, histogram bars); a screenshot lands in tmp_path.
 
 Needs /usr/bin/chromium (`make test` installs it with apt) and the `playwright` package (dev extra), which
 drives that binary: `playwright install` is never run.
@@ -539,10 +542,20 @@ def _decoded(model: dict) -> dict:
     return state
 
 
+PLOTLY_ROUNDING = 1e-9  # plotly.js Lib.findBin: a value within 1e-9 of a bin's width below an edge counts above it
+
+
 def _bins(values, xbins: dict) -> dict[int, int]:
-    """Counts per bin index (left-closed bins of `xbins`), as plotly bins a histogram with explicit xbins."""
+    """Counts per bin index (left-closed bins of `xbins`), as plotly.js bins a histogram with explicit xbins:
+    Lib.findBin's floor((x - start) / size + 1e-9), over the bins its calc makes (edges from start by `size`
+    while below end - size / 1e6). The 1e-9 matters: the explorer's largest score sits on a bin edge, where
+    (x - start) / size can come out as 29.999999999999996 and plotly draws it in bin 30."""
     x = np.asarray(values, dtype=float)
-    index = np.floor((x[np.isfinite(x)] - xbins["start"]) / xbins["size"]).astype(int)
+    index = np.floor((x[np.isfinite(x)] - xbins["start"]) / xbins["size"] + PLOTLY_ROUNDING).astype(int)
+    edge, n_bins = float(xbins["start"]), 0
+    while edge < xbins["end"] - xbins["size"] / 1e6 and n_bins < 1_000_000:
+        edge, n_bins = edge + xbins["size"], n_bins + 1
+    index = index[(index >= 0) & (index < n_bins)]
     return {int(k): int(c) for k, c in zip(*np.unique(index, return_counts=True))}
 
 
@@ -656,6 +669,50 @@ def test_widget_page_draws_offline(chromium, browser, widget_notebook, tmp_path)
         context.close()
 
 
+def _check_report(context, html: Path, blocked: list, failed: list, shots: Path) -> tuple[int, dict | None]:
+    """Open one rendered report in the offline `context` (see _offline_context): every plotly figure of the
+    executed notebook (plotly outputs and figure widgets) draws an svg, the widget state in the page is exactly
+    what nbconvert exported (paths replaced), every widget view shows its saved state (_check_widgets; then a
+    full-page screenshot goes to `shots`/<name>.png), the file stays under 16 MB and nothing is fetched.
+    Returns (the number of figures, what _check_widgets compared or None when the report has no widget view)."""
+    executed = html.parent / "executed" / f"{html.stem}.ipynb"
+    views = _widget_views(executed)
+    exported = _exported_widget_state(executed)
+    state = exported["state"] if exported else {}
+    n_widget_figures = sum(state[m]["model_name"] == "AnyModel" for m in _reachable(state, views))
+    expected = _plotly_outputs(executed) + n_widget_figures
+    widgets = None
+    page = context.new_page()
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    try:
+        page.goto(html.as_uri(), wait_until="load", timeout=120_000)
+        try:  # plotly draws asynchronously: wait until every figure has its svg (~15 s for 03 on 2 idle cores)
+            page.wait_for_function(PLOTS_DRAWN, arg=expected, timeout=180_000, polling=200)
+        except Exception:
+            pass  # the assertion below says what is missing
+        drawn = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                              ".map(p => !!p.querySelector(':scope svg.main-svg'))")
+        assert drawn == [True] * expected, (f"{html.name}: figures drawn {drawn}, expected {expected} "
+                                            f"(plotly outputs and figure widgets in the notebook); blocked {blocked}")
+        # each FigureWidget's 4.7 MB plotly bundle is stored once in the file and shared as the page loads:
+        # the widget state in the page must be exactly what nbconvert exported (paths replaced)
+        assert page.evaluate(STATE_IN_PAGE) == exported, html.name
+        if views:
+            widgets = _check_widgets(page, exported["state"], views, html.name)
+            page.screenshot(path=str(shots / f"{html.stem}.png"), full_page=True)
+            print(f"[test_browser] screenshot: {shots / f'{html.stem}.png'}")
+        assert html.stat().st_size < 16e6, f"{html.name}: {html.stat().st_size / 1e6:.1f} MB"
+        assert not blocked and not failed, f"{html.name} fetched: blocked {blocked}, failed {failed}"
+        if widgets is not None and widgets["counts"]:  # the explorer is on screen, not only in the DOM
+            label = page.locator(".wb-accepted-count").first
+            label.scroll_into_view_if_needed()
+            box = label.bounding_box()
+            assert label.is_visible() and box and box["width"] > 0 and box["height"] > 0, (html.name, box)
+    finally:
+        page.close()
+    return expected, widgets
+
+
 def test_report_draws_offline(chromium, browser, smoke_report, tmp_path):
     """Every smoke report opened with the network off: every plotly figure draws, nothing is fetched, and in
     03_thresholds every widget view (explorer, training panel) shows its saved state (screenshot in tmp_path)."""
@@ -664,34 +721,9 @@ def test_report_draws_offline(chromium, browser, smoke_report, tmp_path):
     total, widgets = {}, {}
     try:
         for html in smoke_report.paths:
-            executed = smoke_report.out / "executed" / f"{html.stem}.ipynb"
-            views = _widget_views(executed)
-            exported = _exported_widget_state(executed)
-            state = exported["state"] if exported else {}
-            n_widget_figures = sum(state[m]["model_name"] == "AnyModel" for m in _reachable(state, views))
-            expected = _plotly_outputs(executed) + n_widget_figures
-            total[html.stem] = expected
-            page = context.new_page()
-            page.on("requestfailed", lambda request: failed.append(request.url))
-            page.goto(html.as_uri(), wait_until="load", timeout=120_000)
-            try:  # plotly draws asynchronously: wait until every figure has its svg (~15 s for 03 on 2 idle cores)
-                page.wait_for_function(PLOTS_DRAWN, arg=expected, timeout=180_000, polling=200)
-            except Exception:
-                pass  # the assertion below says what is missing
-            drawn = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
-                                  ".map(p => !!p.querySelector(':scope svg.main-svg'))")
-            assert drawn == [True] * expected, (f"{html.name}: figures drawn {drawn}, expected {expected} "
-                                                f"(plotly outputs and figure widgets in the notebook); blocked {blocked}")
-            # each FigureWidget's 4.7 MB plotly bundle is stored once in the file and shared as the page loads:
-            # the widget state in the page must be exactly what nbconvert exported (paths replaced)
-            assert page.evaluate(STATE_IN_PAGE) == exported, html.name
-            if views:
-                widgets[html.stem] = _check_widgets(page, exported["state"], views, html.name)
-                page.screenshot(path=str(tmp_path / f"{html.stem}.png"), full_page=True)
-                print(f"[test_browser] screenshot: {tmp_path / f'{html.stem}.png'}")
-            assert html.stat().st_size < 16e6, f"{html.name}: {html.stat().st_size / 1e6:.1f} MB"
-            assert not blocked and not failed, f"{html.name} fetched: blocked {blocked}, failed {failed}"
-            page.close()
+            total[html.stem], seen = _check_report(context, html, blocked, failed, tmp_path)
+            if seen is not None:
+                widgets[html.stem] = seen
     finally:
         context.close()
     assert total.get(NOTEBOOK.stem), f"no plotly output in the executed {NOTEBOOK.stem}: {total}"
@@ -701,3 +733,24 @@ def test_report_draws_offline(chromium, browser, smoke_report, tmp_path):
     assert explorer and explorer["histograms"] >= 2 and explorer["sliders"] >= 2 and explorer["counts"], explorer
     loss = [f for f in explorer["figures"] if [t.get("name") for t in f["_widget_data"]] == ["loss"]]
     assert len(loss) == 1 and len(loss[0]["_widget_data"][0]["y"]) >= 1, "the training panel's loss curve was not saved"
+
+
+def test_demo_report_shows_the_explorer_offline(chromium, browser, demo_smoke, tmp_path):
+    """The demo's own reports (`workbench.demo.main(smoke=True)`, made once by the `demo_smoke` fixture that
+    tests/test_demo.py checks too) opened with the network off: every figure draws and nothing is fetched, and
+    in 03_thresholds the explorer is visible with its saved state: the count label's text, every slider, each
+    histogram's bars bin by bin (heights in pixels too). Screenshots: tmp_path/<report>.png."""
+    context, blocked = _offline_context(browser, viewport={"width": 1400, "height": 1000})
+    failed = []
+    widgets = {}
+    try:
+        for html in demo_smoke.paths:
+            _, seen = _check_report(context, html, blocked, failed, tmp_path)
+            if seen is not None:
+                widgets[html.stem] = seen
+    finally:
+        context.close()
+    explorer = widgets.get(NOTEBOOK.stem)
+    assert explorer, f"no widget view in the demo's {NOTEBOOK.stem} report: {[p.name for p in demo_smoke.paths]}"
+    assert explorer["counts"] and explorer["histograms"] >= 1 and explorer["sliders"] >= 1, explorer
+    assert (tmp_path / f"{NOTEBOOK.stem}.png").stat().st_size > 0

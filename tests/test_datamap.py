@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from workbench import Run
-from workbench.datamap import color_values, generations_map, pca, project
+from workbench.datamap import color_values, embed_texts, exact_knn, generations_map, pca, project
+from workbench.embeddings import embed_lexical
 from workbench.errors import InputDataError
 from workbench.select import accept
 from workbench.widgets import ThresholdExplorer
@@ -130,3 +131,61 @@ def test_generations_map_on_the_old_run(tmp_path):
     assert len(figure.data) == len(sizes)
     with pytest.raises(InputDataError, match="No samples to map"):
         generations_map(run, task="no-such-task")
+
+
+def test_lexical_embedding():
+    """Character n-gram TF-IDF + seeded SVD: unit rows of the asked width, the same for a seed, and texts that
+    share their words closer than unrelated ones; fewer texts than dimensions and empty texts work too."""
+    rng = np.random.default_rng(0)
+    topics = [["the", "cat", "sat", "on", "mat", "purred", "kitten", "whiskers"],
+              ["stock", "market", "prices", "fell", "shares", "investors", "trading", "bonds"],
+              ["compile", "python", "function", "loop", "variable", "syntax", "error", "module"]]
+    texts = [" ".join(rng.choice(topics[i % 3], size=12)) for i in range(90)]
+    first = embed_lexical(texts, dims=16, seed=1)
+    assert first.shape == (90, 16) and first.dtype == np.float32
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(first, embed_lexical(texts, dims=16, seed=1))
+    similarity = first @ first.T
+    same = np.equal.outer(np.arange(90) % 3, np.arange(90) % 3) & ~np.eye(90, dtype=bool)
+    assert similarity[same].min() > similarity[~np.equal.outer(np.arange(90) % 3, np.arange(90) % 3)].max()
+    few = embed_lexical(["a cat on a mat", "a cat on the mat", "stock prices fell", ""], dims=64)
+    assert few.shape == (4, 64) and np.allclose(np.linalg.norm(few[:3], axis=1), 1.0, atol=1e-5)
+    assert not few[3].any()  # an empty text has no n-grams: a zero row, never NaN
+    assert few[0] @ few[1] > few[0] @ few[2]
+    assert embed_lexical([], dims=8).shape == (0, 8)
+    vectors, used = embed_texts(texts, "auto")  # up to LEXICAL_ABOVE_ROWS texts "auto" means MiniLM
+    assert used == "minilm" and vectors.shape == (90, 384)
+    with pytest.raises(InputDataError, match="Unknown data-map embedding"):
+        embed_texts(texts, "bert")
+
+
+def test_exact_neighbours_for_large_maps(monkeypatch):
+    """From UMAP_SMALL_DATA rows (4,096; lowered here to keep the test fast) the map hands UMAP an exact
+    neighbour graph (no NN-descent compile): each row's nearest neighbour is itself, and the layout is
+    reproducible and keeps clusters apart."""
+    from workbench import datamap
+
+    embeddings, ids = clusters()
+    indices, distances = exact_knn(embeddings, 5)
+    assert indices.dtype == np.int32 and distances.dtype == np.float32 and indices.shape == (len(ids), 5)
+    assert np.array_equal(indices[:, 0], np.arange(len(ids))) and np.all(np.diff(distances, axis=1) >= 0)
+    assert (ids[indices] == ids[:, None]).all()
+    used = []
+    monkeypatch.setattr(datamap, "UMAP_SMALL_DATA", 50)
+    monkeypatch.setattr(datamap, "exact_knn", lambda values, k: used.append(k) or exact_knn(values, k))
+    layout = project(embeddings, seed=0)
+    assert used == [15] and layout.method == "umap" and separated(layout.coords, ids)
+    assert np.allclose(layout.coords, project(embeddings, seed=0).coords)
+
+
+def test_generations_map_lexical(tmp_path):
+    from pathlib import Path
+
+    shutil.copytree(Path(__file__).parent / "fixtures" / "old_run", tmp_path / "run")
+    run = Run(tmp_path / "run")
+    points = generations_map(run, embedding="lexical")
+    assert len(points) == sum(len(run.samples(g)) for g in run.generations())
+    assert points.attrs["map"]["embedding"] == "lexical" and points[["x", "y"]].notna().all().all()
+    assert np.allclose(points[["x", "y"]], generations_map(run, embedding="lexical")[["x", "y"]])
+    with pytest.raises(InputDataError, match="Unknown data-map embedding"):
+        generations_map(run, embedding="bert")

@@ -1,22 +1,25 @@
-"""The main job at smoke size on the real embedded model: every stage runs and leaves its files."""
+"""The main job at smoke size on the real embedded model: every stage runs and leaves its files. The demo runs
+once per session (the `demo_smoke` fixture in conftest.py); tests/test_browser.py opens its reports offline."""
 from workbench.demo import main
 from workbench.select import Selection
 from workbench.store import Run
 
 
-def test_demo_smoke(tmp_path, capsys, real_model_dir):
-    assert main(smoke=True, run_dir=tmp_path / "demo") == 0
-    out = capsys.readouterr().out
+def test_demo_smoke(demo_smoke, tmp_path, capsys):
+    out = demo_smoke.stdout
     for needle in ("== generate arithmetic", "== judge audit", "ROC AUC", "diversity: all samples vs accepted",
                    "== run summary", "== self-learning loop", "== gen 1:", "== report"):
         assert needle in out
-    # the loop fine-tuned once and evaluated both models; the report rendered notebooks 01 and 04 from this run
-    assert (tmp_path / "demo" / "loop" / "verifier" / "gen-001" / "checkpoint" / "config.json").exists()
-    htmls = sorted(p.name for p in (tmp_path / "demo" / "report").glob("*.html"))
-    assert htmls == ["01_generate.html", "04_self_learning_loop.html"]
-    executed = (tmp_path / "demo" / "report" / "executed" / "01_generate.ipynb").read_text()
-    assert '"output_type": "error"' not in executed
-    run = Run(tmp_path / "demo")
+    # the loop fine-tuned once and evaluated both models; the report rendered notebooks 01, 03 and 04 from this run
+    demo = demo_smoke.run_dir
+    assert (demo / "loop" / "verifier" / "gen-001" / "checkpoint" / "config.json").exists()
+    htmls = sorted(p.name for p in (demo / "report").glob("*.html"))
+    assert htmls == ["01_generate.html", "03_thresholds.html", "04_self_learning_loop.html"]
+    assert htmls == sorted(p.name for p in demo_smoke.paths)
+    for name in ("01_generate", "03_thresholds"):
+        executed = (demo / "report" / "executed" / f"{name}.ipynb").read_text()
+        assert '"output_type": "error"' not in executed, name
+    run = Run(demo)
     samples = run.read("samples")
     assert len(samples) == 16 and samples["sample_id"].is_unique
     assert run.selections(0) == ["arithmetic+instructions+corpus"]  # one combined selection, keyed by its tasks
@@ -37,10 +40,12 @@ def test_demo_smoke(tmp_path, capsys, real_model_dir):
     assert exported["sample_id"] == [str(i) for i in selection.sample_ids[selection.mask]]
     assert exported.to_pandas().equals(selection.to_dataset(run, 0).to_pandas())
     card = (tmp_path / "export" / "README.md").read_text()
-    assert "| judge | verifier |" in card and "arithmetic+instructions+corpus" in card and str(tmp_path) not in card
+    assert "| judge | verifier |" in card and "arithmetic+instructions+corpus" in card
+    assert str(tmp_path) not in card and str(demo.parent) not in card
     # a second run reuses everything: no new parts, no new ledger entries for generation or grading
     parts_before = sorted(p.name for p in run.path.rglob("part-*.parquet"))
     ledger_before = len(run.ledger())
-    assert main(smoke=True, run_dir=tmp_path / "demo", write_report=False) == 0
+    assert main(smoke=True, run_dir=demo, write_report=False) == 0
+    assert "== report" not in capsys.readouterr().out
     assert sorted(p.name for p in run.path.rglob("part-*.parquet")) == parts_before
     assert len(run.ledger()) == ledger_before

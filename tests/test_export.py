@@ -198,5 +198,21 @@ def test_stored_preference_pairs_are_exported_instead(run, tmp_path):
     # the accepted samples stay reachable
     assert export(run, tmp_path / "samples", format="parquet", kind="samples").kind == "samples"
     run.write_frame(0, "pairs", pairs.drop(columns="rejected"))
-    with pytest.raises(Exception, match="lacks column"):
+    with pytest.raises(Exception, match=r"lack column\(s\) \['rejected'\]"):
         export(run, tmp_path / "bad", format="parquet")
+
+
+def test_chat_pairs_are_exported_in_trls_conversational_format(run, tmp_path):
+    import datasets
+
+    from workbench.select import pairs
+
+    graded = pd.DataFrame({"sample_id": ["a", "b"], "prompt_id": ["p", "p"], "prompt": ["What is 2+2?"] * 2,
+                           "completion": ["4", "5"], "chat": [True, True], "task": ["arithmetic"] * 2,
+                           "score__verifier": [1.0, 0.0]})
+    pairs(graded, by="verifier").save(run, 0)
+    export(run, tmp_path / "ds", format="datasets")
+    row = datasets.load_from_disk(str(tmp_path / "ds"))[0]
+    assert row["prompt"] == [{"role": "user", "content": "What is 2+2?"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "4"}]
+    assert row["rejected"] == [{"role": "assistant", "content": "5"}] and row["margin"] == 1.0

@@ -154,3 +154,23 @@ def test_finetune_entry_point_under_accelerate_launch(tiny_model_dir, tmp_path):
     moved = (weights[1][name] - start[name]).abs().max().item()
     gap = (weights[1][name] - weights[2][name]).abs().max().item()
     assert moved > 1e-3 and gap < moved / 20, (moved, gap)
+
+
+def test_dpo_under_torchrun_two_processes(tiny_model_dir, tmp_path):
+    """DPO through TRL under a launcher unchanged: two CPU processes over gloo (TRL's Trainer owns the process
+    group); one checkpoint, written once, records both processes."""
+    from workbench.pairs import trl_records
+
+    data = tmp_path / "pairs.jsonl"
+    frame = pd.DataFrame({"prompt": [f"What is {i} + {i}?" for i in range(8)], "chosen": [str(2 * i) for i in range(8)],
+                          "rejected": [f"I think {3 * i}" for i in range(8)], "chat": True})
+    pd.DataFrame(trl_records(frame)).to_json(data, orient="records", lines=True)
+    out = tmp_path / "dpo"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "workbench",
+               "finetune", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--method", "dpo",
+               "--set", "max_steps=2", "pairs_per_step=4", "precision=fp32"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    stats = json.loads((out / "checkpoint" / "train_stats.json").read_text())
+    assert stats["processes"] == 2 and stats["steps"] == 2 and stats["method"] == "dpo"
+    assert "2 steps on 2 process(es)" in done.stdout and "reward margin" in done.stdout

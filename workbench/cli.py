@@ -5,7 +5,8 @@
     workbench runs show NAME                       a summary table of a run
     workbench report [--smoke]                     execute the notebooks, render HTML under reports/
     workbench loop CONFIG.yaml                     the self-learning loop (resumable)
-    workbench finetune --data X.parquet --out DIR  fine-tune (runs under `accelerate launch -m workbench finetune`)
+    workbench finetune --data X.parquet --out DIR  fine-tune (runs under `accelerate launch -m workbench finetune`);
+                                                   --method dpo: DPO on preference pairs (TRL)
     workbench demo                                 the main job, end to end on the embedded default
     workbench export RUN --format parquet OUT      a run's accepted samples as a dataset with a card (README.md)
 """
@@ -131,8 +132,10 @@ def cmd_finetune(args) -> int:
         result = finetune(examples, model=args.model, config=config, out_dir=args.out)
     if int(os.environ.get("RANK", "0")) == 0:
         stats = result.stats
+        margin = f", reward margin {stats['reward_margin']:.3f}" if stats.get("reward_margin") is not None else ""
         print(f"{stats['steps']} steps on {stats['processes']} process(es): loss {stats['first_loss']:.3f} -> "
-              f"{stats['last_loss']:.3f}, {stats['real_tokens_per_s']:.0f} real tok/s; checkpoint {result.checkpoint}")
+              f"{stats['last_loss']:.3f}{margin}, {stats['real_tokens_per_s']:.0f} real tok/s; checkpoint "
+              f"{result.checkpoint}")
     return 0
 
 
@@ -226,9 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     loop.set_defaults(func=cmd_loop)
 
     tune = sub.add_parser("finetune", help="fine-tune on examples (also under `accelerate launch -m workbench finetune`)")
-    tune.add_argument("--data", required=True, help="parquet/JSONL/CSV with prompt, completion (and chat, finish_reason)")
+    tune.add_argument("--data", required=True, help="parquet/JSONL/CSV with prompt, completion (and chat, finish_reason); "
+                      "with --method dpo: prompt, chosen, rejected (a `workbench export` of pairs, or select.pairs)")
     tune.add_argument("--model", default="smollm2-135m")
-    tune.add_argument("--method", default="full", choices=["full", "lora"])
+    tune.add_argument("--method", default="full", choices=["full", "lora", "dpo"],
+                      help="SFT on every weight (full) or LoRA adapters; dpo: DPO through TRL (--set lora=true beta=0.1)")
     tune.add_argument("--out", required=True, help="folder; the checkpoint goes to OUT/checkpoint")
     tune.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="TrainConfig fields, e.g. epochs=2 max_steps=10")
     tune.add_argument("--track", metavar="PROJECT", help="also log the loss curve to trackio's local store, "

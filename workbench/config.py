@@ -139,6 +139,7 @@ def given_fields(value) -> dict:
         defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
                     for f in fields(value)}
         given = [name for name, default in defaults.items() if getattr(value, name) != default]
-    return {name: copy.deepcopy(getattr(value, name)) for name in given}
+    return {name: given_fields(getattr(value, name)) if dataclasses.is_dataclass(getattr(value, name))
+            else copy.deepcopy(getattr(value, name)) for name in given}
 
 

@@ -1,13 +1,16 @@
 """The data map: every sample as a point in 2-D, close to the samples whose text means the same thing.
 
-Sentence embeddings (MiniLM, `workbench.embeddings`) are laid out with UMAP (McInnes et al. 2018,
-`umap-learn`, seeded) or, when umap-learn is not installed or there are too few samples for a
-neighbour graph, with PCA. The explorer shows the map as a tab (colour by any grader, accepted/rejected,
-human label, task or generation; lasso to label or exclude), and notebooks 04/05 put several generations
-on one map: where the samples go as a model trains on its own output is the picture of collapse.
+Sentence embeddings (MiniLM, `workbench.embeddings.embed`) or, for a large cold map, fast lexical ones
+(character n-gram TF-IDF + SVD, `workbench.embeddings.embed_lexical`: seconds at 10,000 texts where MiniLM
+takes minutes on 2 cores) are laid out with UMAP (McInnes et al. 2018, `umap-learn`, seeded) or, when
+umap-learn is not installed or there are too few samples for a neighbour graph, with PCA. The explorer
+shows the map as a tab (colour by any grader, accepted/rejected, human label, task or generation; lasso to
+label or exclude), and notebooks 04/05 put several generations on one map: where the samples go as a model
+trains on its own output is the picture of collapse.
 
     layout = project(embeddings, seed=0)             # MapLayout: coords (n, 2), method, note, seconds
     points = generations_map(run, task="corpus")     # one layout for the samples of every generation
+    points = generations_map(run, embedding="lexical")  # the same from character n-grams: seconds, not minutes
     viz.data_map(points, color="generation")
 """
 from __future__ import annotations
@@ -23,9 +26,16 @@ from .store import HUMAN_LABELS, score_column, score_columns
 
 MIN_UMAP_SAMPLES = 5  # below this UMAP's neighbour graph is degenerate: PCA, with a note
 PCA_BEFORE_UMAP = 50  # UMAP on 50 principal components instead of 384 dimensions: same map, ~2x faster
-# Measured on 2 cores (benchmarks/bench_explorer.py): 10,000 rows in 3.4 s at 200 epochs once numba has
-# compiled UMAP's nearest-neighbour search; the first call over 4,096 rows in a process adds ~25 s of compiling.
 LARGE_MAP_ROWS = 2_000  # above this, 200 optimisation epochs instead of 500
+# From UMAP_SMALL_DATA rows (below it umap-learn computes all distances itself) up to EXACT_KNN_MAX_ROWS, the
+# neighbour graph is an exact brute-force search (scikit-learn, 0.2 s at 10,000 x 50) handed to UMAP as
+# precomputed_knn: umap-learn's own NN-descent (pynndescent) costs ~25 s of numba compiling in every new
+# process, which made the first 10,000-row map take 29 s instead of 7-8 (benchmarks/bench_explorer.py).
+UMAP_SMALL_DATA = 4_096
+EXACT_KNN_MAX_ROWS = 20_000
+# the texts' embedding: MiniLM (meaning; ~56 texts/s on 2 cores) or lexical (spelling; ~1,500 texts/s)
+EMBEDDINGS = ("minilm", "lexical")
+LEXICAL_ABOVE_ROWS = 2_000  # embedding="auto": MiniLM up to this many texts, the lexical embedding above
 
 
 @dataclass
@@ -34,12 +44,40 @@ class MapLayout:
     method: str         # "umap" or "pca": what actually made the layout
     note: str = ""      # why the method differs from the one asked for ('' when it does not)
     seconds: float = 0.0  # wall time of the projection (embedding not included)
+    embedding: str = ""   # what embedded the texts ("minilm", "lexical"; '' when the caller gave the vectors)
 
 
 def umap_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("umap") is not None
+
+
+def embed_texts(texts, embedding: str = "minilm", seed: int = 0) -> tuple[np.ndarray, str]:
+    """(vectors, name of the embedding used) for a map of `texts`. embedding: "minilm" (sentence meaning,
+    `embeddings.embed`), "lexical" (character n-grams, `embeddings.embed_lexical`, seeded) or "auto" (MiniLM
+    up to LEXICAL_ABOVE_ROWS texts, lexical above: a cold map of 10,000 texts in seconds, not minutes)."""
+    if embedding not in ("auto", *EMBEDDINGS):
+        raise InputDataError(f"Unknown data-map embedding {embedding!r}.", "Use 'minilm', 'lexical' or 'auto'.")
+    texts = [str(t) for t in texts]
+    if embedding == "auto":
+        embedding = "lexical" if len(texts) > LEXICAL_ABOVE_ROWS else "minilm"
+    if embedding == "lexical":
+        from .embeddings import embed_lexical
+
+        return embed_lexical(texts, seed=seed), embedding
+    from .embeddings import embed
+
+    return embed(texts), embedding
+
+
+def exact_knn(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest neighbours of every row (itself first), by brute-force Euclidean distance: (indices
+    int32, distances float32), the shapes and dtypes umap-learn's `precomputed_knn` takes."""
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(values).kneighbors(values)
+    return indices.astype(np.int32), distances.astype(np.float32)
 
 
 def _check(embeddings) -> np.ndarray:
@@ -96,9 +134,15 @@ def project(embeddings, method: str = "auto", seed: int = 0, n_neighbors: int = 
     reduced = pca(values, PCA_BEFORE_UMAP) if values.shape[1] > PCA_BEFORE_UMAP else values
     if n_epochs is None and len(values) > LARGE_MAP_ROWS:
         n_epochs = 200  # umap-learn's own choice above 10k rows; at 10k it would run 500 (8.0 s vs 3.4 s)
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(values) - 1), min_dist=min_dist,
-                        random_state=seed, n_epochs=n_epochs, init="spectral" if len(values) > 10 else "random")
-    with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": that is the point
+    n_neighbors = min(n_neighbors, len(values) - 1)
+    knn = {}
+    if UMAP_SMALL_DATA <= len(values) <= EXACT_KNN_MAX_ROWS:
+        knn["precomputed_knn"] = (*exact_knn(reduced, n_neighbors), None)
+    reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed,
+                        n_epochs=n_epochs, init="spectral" if len(values) > 10 else "random", **knn)
+    # "n_jobs overridden by setting random_state": that is the point; "precomputed_knn[2] is not an NNDescent
+    # object: transform will be unavailable": the map never transforms new points
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         coords = reducer.fit_transform(reduced)
     return MapLayout(np.asarray(coords, dtype=np.float32), "umap", note, time.perf_counter() - started)
@@ -134,13 +178,16 @@ def color_values(frame: pd.DataFrame, by: str, accepted: np.ndarray | None = Non
 
 
 def generations_map(run, generations: list[int] | None = None, task: str | None = None,
-                    max_per_generation: int = 2000, seed: int = 0, method: str = "auto") -> pd.DataFrame:
+                    max_per_generation: int = 2000, seed: int = 0, method: str = "auto",
+                    embedding: str = "minilm") -> pd.DataFrame:
     """The samples of several generations of a loop run on ONE layout (fitted on all of them together, so
     positions are comparable across generations): columns generation, task, sample_id, text, x, y, and
-    `attrs["map"]` the MapLayout's method/note/seconds. At most `max_per_generation` samples per
-    generation (a seeded draw) keep the projection within seconds."""
-    from .embeddings import embed
-
+    `attrs["map"]` the MapLayout's method/note/seconds/embedding. At most `max_per_generation` samples per
+    generation (a seeded draw) keep the projection within seconds. embedding: "minilm" (by meaning; the
+    default, ~56 texts/s on 2 cores), "lexical" (by spelling, character n-grams: seconds for 10,000 texts)
+    or "auto" (lexical above LEXICAL_ABOVE_ROWS texts); see `embed_texts`."""
+    if embedding not in ("auto", *EMBEDDINGS):
+        raise InputDataError(f"Unknown data-map embedding {embedding!r}.", "Use 'minilm', 'lexical' or 'auto'.")
     generations = run.generations() if generations is None else list(generations)
     frames = []
     for generation in generations:
@@ -154,8 +201,11 @@ def generations_map(run, generations: list[int] | None = None, task: str | None 
     if points.empty:
         raise InputDataError(f"No samples to map in generations {generations}" + (f" for task {task!r}" if task else "")
                              + f" of {run.path}.", "Generate samples first (notebook 01 or the loop).")
-    layout = project(embed(points["completion"].astype(str).tolist()), method=method, seed=seed)
+    vectors, embedding = embed_texts(points["completion"].astype(str).tolist(), embedding, seed=seed)
+    layout = project(vectors, method=method, seed=seed)
+    layout.embedding = embedding
     out = points[["generation", "sample_id", "completion"] + (["task"] if "task" in points.columns else [])]
     out = out.rename(columns={"completion": "text"}).assign(x=layout.coords[:, 0], y=layout.coords[:, 1])
-    out.attrs["map"] = {"method": layout.method, "note": layout.note, "seconds": round(layout.seconds, 2)}
+    out.attrs["map"] = {"method": layout.method, "note": layout.note, "seconds": round(layout.seconds, 2),
+                        "embedding": embedding}
     return out

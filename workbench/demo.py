@@ -37,10 +37,12 @@ DEMO = {
     "04_self_learning_loop": {"arm": "verifier", "generations": 2, "n_prompts": 48, "k": 4, "heldout_problems": 60,
                               "epochs": 2, "verified_by": "verifier"},
 }
-# smoke (tests): the same stages at tiny sizes; its report renders 01 and 04 only (the test suite
-# renders every notebook elsewhere), which keeps the suite inside its time budget
+# smoke (tests): the same stages at tiny sizes; its report renders 01, 03 (the explorer, which the browser
+# test opens offline) and 04 only (the test suite renders every notebook elsewhere), which keeps the suite
+# inside its time budget
 SMOKE = {
     "01_generate": {"n_arithmetic": 4, "n_instructions": 4, "n_corpus": 4, "max_new_tokens": 24},
+    "03_thresholds": DEMO["03_thresholds"],
     "04_self_learning_loop": {"arm": "verifier", "smoke": True},
 }
 

@@ -70,10 +70,14 @@ def evaluate(loaded, run: "Run", task: str, settings: "EvalConfig", task_params:
             out["accuracy_strict"] = float(Verifier(strict=True).score(answers).mean())
             out["accuracy_lenient"] = float(Verifier().score(answers).mean())
             out["heldout_problems"] = len(answers)
+            out["heldout_answer_tokens"] = float(answers["n_completion_tokens"].mean())
     prompts = diversity_prompts(task, settings.diversity_prompts, settings.diversity_task)
     free = generate(prompts, model=loaded, temperature=0.8, max_new_tokens=settings.diversity_tokens, run=run,
                     seed=seed)
     report = diversity_report(free["completion"].tolist())
+    # answer length, for the collapse monitor's length drift (preference learning's known failure: answers grow)
+    out["eval_answer_tokens"] = float(free["n_completion_tokens"].mean()) if len(free) else None
+    out["eval_answers_at_budget"] = float((free["finish_reason"] == "length").mean()) if len(free) else None
     for key in DIVERSITY_KEYS:
         out[f"diversity_{key}"] = report[key]
     out["eval_seconds"] = time.perf_counter() - started

@@ -9,6 +9,8 @@
    perplexity and diversity: replace, keep_real(0.1), accumulate, all at the same training compute.
 3. Label-free self-improvement (`label_free_configs`) on the arithmetic of 1: which self-grader, with no
    labels (or 32 of them), recovers how much of what the verifier's loop gains.
+4. Self-rewarding with DPO (`workbench.self_rewarding.self_rewarding_configs`): pairs picked by the verifier,
+   the model's own judge or self-consistency, and whether the self-judged loop hacks its reward.
 
 Every experiment runs over seeds (`seed_configs`, `run_seeds`: `<root>/seed-<s>/<arm>`) and is summarised
 per (arm, generation) as the mean and the 95% t-interval half-width across seeds (`summarize_seeds`).
@@ -230,9 +232,13 @@ def run_seeds(configs: dict[int, dict[str, LoopConfig]], say=None, share_base_ev
     for seed, arms in configs.items():
         if say:
             say(f"##### seed {seed}")
-        if share_base_eval and arms:
-            folder = Path(next(iter(arms.values())).run).parent / "_base_eval"
-            share_base_evaluation(arms, folder, say)
+        if share_base_eval and arms:  # per group of arms whose generation 0 is evaluated the same way
+            groups: dict[str, dict[str, LoopConfig]] = {}
+            for arm, config in arms.items():
+                groups.setdefault(json.dumps(_evaluation_key(config), sort_keys=True), {})[arm] = config
+            for index, group in enumerate(g for g in groups.values() if len(g) > 1):
+                folder = Path(next(iter(group.values())).run).parent / ("_base_eval" + (f"-{index}" if index else ""))
+                share_base_evaluation(group, folder, say)
         frames.append(run_arms(arms, say=say).assign(seed=seed))
     frame = pd.concat(frames, ignore_index=True)
     return frame[["seed", "arm"] + [c for c in frame.columns if c not in ("seed", "arm")]]

@@ -235,18 +235,19 @@ class ExplorerState:
         return out
 
     # ------------------------------------------------------------------ the data map
-    def map_layout(self, method: str = "auto", seed: int = 0):
-        """The samples' 2-D layout (datamap.MapLayout), computed once: from the explorer's embeddings, or
-        MiniLM embeddings of the texts when it was made without them."""
+    def map_layout(self, method: str = "auto", seed: int = 0, embedding: str = "auto"):
+        """The samples' 2-D layout (datamap.MapLayout), computed once. embedding "auto": the explorer's own
+        embeddings when it was made with them (MiniLM in the notebooks: already paid for), else the texts
+        embedded by `datamap.embed_texts(..., "auto")`: MiniLM up to datamap.LEXICAL_ABOVE_ROWS texts, the
+        fast lexical embedding above (MiniLM would take minutes). "minilm" / "lexical" force one."""
         if self._map is None or self._map.method != method and method != "auto":
-            from .datamap import project
+            from .datamap import embed_texts, project
 
-            embeddings = self.live.embeddings
-            if embeddings is None:
-                from .embeddings import embed
-
-                embeddings = embed(self.samples[self.text_column].astype(str).tolist())
+            embeddings, used = self.live.embeddings, ""
+            if embeddings is None or embedding != "auto":
+                embeddings, used = embed_texts(self.samples[self.text_column].astype(str).tolist(), embedding, seed)
             self._map = project(embeddings, method=method, seed=seed)
+            self._map.embedding = used
         return self._map
 
     def map_colors(self, by: str | None = None):

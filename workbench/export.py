@@ -10,9 +10,10 @@ sample_id, generation, task, prompt_id, prompt, completion, its scores (score__<
 did not score it), human_label (the run's latest label: "good", "bad" or "") and what identifies how it was
 made (model, finish_reason, ...). The dataset card (README.md, `workbench.dataset_card`) says how.
 
-Preference pairs: when a generation holds a table `pairs` (`Run.write_frame(generation, PAIRS_TABLE, frame)`
-with columns prompt, chosen, rejected: TRL's preference format, which the preference-learning issue's
-`select.pairs` writes), `kind="auto"` exports that table, as stored, instead of the accepted samples.
+Preference pairs: when a generation holds a table `pairs` (gen-XXX/pairs.parquet with columns prompt, chosen,
+rejected, which `select.pairs(...).save(run, g)` and the loop's DPO mode write), `kind="auto"` exports it instead
+of the accepted samples, in TRL's preference format: conversational messages for chat rows (`chat` true),
+plain text otherwise, with the pair's scores, margin and sample ids beside them.
 
 Writing is atomic: everything goes to a hidden folder next to OUT that is renamed to OUT at the end, so an
 export killed at any moment leaves OUT as it was (and a hidden `.OUT.export-tmp-<pid>` that the next export
@@ -32,13 +33,13 @@ import pandas as pd
 
 from .dataset_card import DATA_FILES, card_text, portable_model
 from .errors import InputDataError
+from .pairs import PAIR_COLUMNS, PAIRS_TABLE, check_pairs, trl_records
+from .progress import quiet_datasets
 from .select import Selection
 from .store import SCORE_PREFIX, Run
 
 FORMATS = ("datasets", "jsonl", "parquet")
 KINDS = ("auto", "samples", "pairs")
-PAIRS_TABLE = "pairs"  # gen-XXX/pairs.parquet, through Run.write_frame/read_frame
-PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 # the samples' columns an exported row keeps (when the run has them), in this order; score__* follow
 SAMPLE_COLUMNS = ("sample_id", "generation", "task", "prompt_id", "prompt", "completion", "reference", "chat",
                   "finish_reason", "n_completion_tokens", "model", "sample_seed")
@@ -112,21 +113,19 @@ def _sample_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def stored_pairs(run: Run, generation: int, task: str | None = None) -> pd.DataFrame | None:
-    """The generation's preference pairs table (None when it has none), checked for TRL's columns.
-    This is the hook for the preference-learning issue: `select.pairs` stores its result with
-    `run.write_frame(generation, PAIRS_TABLE, pairs)` and `workbench export` picks it up unchanged."""
+    """The generation's preference pairs (None when it has none) in TRL's format (`pairs.trl_records`: chat
+    rows as conversational messages), checked for TRL's columns."""
     pairs = run.read_frame(generation, PAIRS_TABLE)
     if pairs is None:
         return None
-    missing = [c for c in PAIR_COLUMNS if c not in pairs.columns]
-    if missing:
-        raise InputDataError(f"The pairs table of generation {generation} of run {run.name} lacks column(s) "
-                             f"{missing}; it has {list(pairs.columns)}.",
-                             "Store preference pairs with prompt, chosen and rejected columns, or export the "
-                             "accepted samples with --kind samples.")
+    check_pairs(pairs, f"The pairs table of generation {generation} of run {run.name}")
     if task is not None:
         pairs = pairs[_in_task(pairs, task, run, generation)]
-    return pairs.reset_index(drop=True)
+    pairs = pairs.reset_index(drop=True)
+    if "chat" in pairs.columns:
+        formatted = pd.DataFrame(trl_records(pairs))
+        pairs = pd.concat([formatted, pairs.drop(columns=list(PAIR_COLUMNS))], axis=1)
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------- choosing
@@ -255,23 +254,9 @@ def staging(out: Path) -> Iterator[Path]:
         os.rename(tmp, out)
 
 
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No per-call progress bars from `datasets` (a one-second write prints three of them), restored after."""
-    import datasets
-
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
 def write_data(dataset, folder: Path, format: str) -> list[str]:
     """Write `dataset` into `folder` in `format`; returns the data files' names (relative to `folder`)."""
-    with _quiet_datasets():
+    with quiet_datasets():
         return _write_data(dataset, folder, format)
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 
 from . import tracking
 from .evaluate import evaluate
+from .loop_preference import anchor_stage, pairs_stage
 from .loop_config import (GRADERS, CollapseConfig, EvalConfig, GenerateConfig, LoopConfig,  # noqa: F401 (re-exported)
                           MixPolicy, PriceConfig, _as_config)
 from .store import Run, score_column, score_columns
@@ -162,7 +163,7 @@ def monitor_collapse(step: Step, evaluations: list[dict]) -> bool:
 
     settings = step.config.collapse
     flags = collapse_flags(evaluations, settings.max_perplexity_rise, settings.max_diversity_drop,
-                           settings.diversity_metric)
+                           settings.diversity_metric, settings.max_length_rise, settings.max_score_inflation)
     step.run.update_metrics(step.generation, collapse=flags)
     if not flags["collapsed"]:
         return False
@@ -200,6 +201,7 @@ def grade_stage(step: Step, samples: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     scored = {"samples": len(graded),
                "mean_scores": {name: float(graded[column].mean()) for name, column in score_columns(graded).items()},
                "completion_tokens": int(graded["n_completion_tokens"].sum()),
+               "mean_answer_tokens": float(graded["n_completion_tokens"].mean()) if len(graded) else None,
                "grade_seconds": time.perf_counter() - started}
     if "judge" in graders and any(g.startswith("verifier") for g in graders):
         verifier = "verifier" if "verifier" in graders else "verifier_strict"
@@ -269,8 +271,8 @@ def mix_stage(step: Step, accepted_rows: pd.DataFrame, real: pd.DataFrame | None
     return training_set, {"train_set": {"rows": len(training_set), "by_source": by_source}}
 
 
-TRAIN_STATS = ("examples", "steps", "real_tokens", "seconds", "real_tokens_per_s", "first_loss", "last_loss",
-               "padding_share", "device", "precision", "skipped")
+TRAIN_STATS = ("method", "examples", "steps", "real_tokens", "seconds", "real_tokens_per_s", "first_loss",
+               "last_loss", "padding_share", "device", "precision", "skipped", "reward_margin", "reward_accuracy")
 
 
 def train_stage(step: Step, training_set: pd.DataFrame) -> dict:
@@ -286,7 +288,8 @@ def train_stage(step: Step, training_set: pd.DataFrame) -> dict:
             stats = finetune(training_set, model=start, out_dir=checkpoint.parent,
                              config=config.train_config(generation)).stats
         else:
-            stats = _keep_model(step, start, checkpoint)
+            stats = _keep_model(step, start, checkpoint, "no preference pair (see pairs.no_pair)"
+                                if config.train.method == "dpo" else "empty training set (nothing accepted)")
         run.log("loop:train", generation=generation, seconds=round(time.perf_counter() - started, 3),
                 tokens=stats["real_tokens"], steps=stats["steps"])
     stats = json.loads((checkpoint / "train_stats.json").read_text())
@@ -296,17 +299,17 @@ def train_stage(step: Step, training_set: pd.DataFrame) -> dict:
     return {"train": {k: stats.get(k) for k in TRAIN_STATS}}
 
 
-def _keep_model(step: Step, start: str, checkpoint: Path) -> dict:
+def _keep_model(step: Step, start: str, checkpoint: Path, reason: str) -> dict:
     """Nothing to learn from: the next generation is the starting model, unchanged, and says so."""
     from .train import save_checkpoint
 
     config, generation = step.config, step.generation
-    step.say(f"   gen {generation}: the training set is empty; generation {generation + 1} keeps the "
+    step.say(f"   gen {generation}: {reason}; generation {generation + 1} keeps the "
              f"{'base' if start == config.model else 'previous'} model unchanged")
     carried = model_for(config, step.run, generation if start != config.model else 0)
     stats = {"examples": 0, "steps": 0, "real_tokens": 0, "seconds": 0.0, "real_tokens_per_s": None,
              "first_loss": None, "last_loss": None, "padding_share": None, "device": "cpu",
-             "precision": None, "skipped": "empty training set (nothing accepted)", "base_model": carried.name}
+             "precision": None, "skipped": reason, "base_model": carried.name}
     save_checkpoint(carried.model, carried.tokenizer, checkpoint.parent, pd.DataFrame(), stats)
     return stats
 
@@ -338,15 +341,19 @@ def run(config: LoopConfig | dict | str | Path, say: Callable[[str], None] | Non
             if generation:
                 tracker.log_generation(loop_run, generation - 1)  # its data and fine-tune are done
             step = Step(config, loop_run, generation, say)
-            evaluations.append(evaluate_stage(step))
+            evaluations.append({**evaluate_stage(step), **anchor_stage(step)})
             if monitor_collapse(step, evaluations) or generation == config.generations:
                 break
             if "data" in loop_run.metrics(generation) and loop_run.checkpoint_dir(generation + 1).exists():
                 continue
             samples, generated = generate_stage(step)
             graded, scored = grade_stage(step, samples)
+            evaluations[-1].update(anchor_stage(step, graded))  # generation 0 makes the anchor set here
             accepted_rows, selected = select_stage(step, graded)
-            training_set, mixed = mix_stage(step, accepted_rows, real)
+            if config.train.method == "dpo":  # DPO learns from this generation's pairs (no data mix)
+                training_set, mixed = pairs_stage(step, graded)
+            else:
+                training_set, mixed = mix_stage(step, accepted_rows, real)
             data = {**scored, **selected, **generated, **mixed, **train_stage(step, training_set)}
             loop_run.update_metrics(generation, data={**data, **cost_stage(config, data)})
         tracker.log_generation(loop_run, generation)  # the last one evaluated
@@ -363,7 +370,11 @@ def history(run: Run | str | Path) -> pd.DataFrame:
             continue
         row = {"generation": generation, **metrics["eval"]}
         data = metrics.get("data", {})
-        row.update({k: data.get(k) for k in ("samples", "accepted", "accept_rate", "accepted_distinct_2")})
+        row.update({k: data.get(k) for k in ("samples", "accepted", "accept_rate", "accepted_distinct_2",
+                                             "mean_answer_tokens", "own_score")})
+        if data.get("pairs"):
+            row["pairs"] = data["pairs"]["pairs"]
+        row["anchor_score"] = (metrics.get("anchor") or {}).get("mean_score")
         for name, value in (data.get("mean_scores") or {}).items():
             row[f"mean_score_{name}"] = value
         if data.get("judge_audit"):
@@ -373,7 +384,8 @@ def history(run: Run | str | Path) -> pd.DataFrame:
         for name, audit in (data.get("audits") or {}).items():  # each grader against the lenient verifier
             row[f"auc_{name}"] = audit.get("roc_auc")
         train = data.get("train") or {}
-        row.update({f"train_{k}": train.get(k) for k in ("examples", "steps", "first_loss", "last_loss")})
+        row.update({f"train_{k}": train.get(k) for k in ("examples", "steps", "first_loss", "last_loss",
+                                                         "reward_margin")})
         cost = data.get("cost") or {}
         row["cost"] = cost.get("cost")
         row["cost_per_accepted_sample"] = cost.get("per_accepted_sample")

@@ -124,6 +124,8 @@ class EvalConfig:
     diversity_prompts: int = 32         # free generations from fixed prompts for the diversity report
     diversity_tokens: int = 64          # completion budget of each free generation
     diversity_task: str = "auto"        # task of those prompts (auto: held-out corpus for corpus, else instructions)
+    anchor_prompts: int = 16            # with select.pairs: generation 0's prompts whose answers (all K) every
+                                        # generation's judge re-scores (the frozen anchor set: score inflation)
 
 
 @config_section
@@ -133,6 +135,8 @@ class CollapseConfig:
     max_perplexity_rise: float = 0.25   # flag when held-out perplexity rises more than this (0.25 = +25%)
     max_diversity_drop: float = 0.25    # flag when the diversity metric falls more than this (0.25 = -25%)
     diversity_metric: str = "distinct_2"  # which diversity_report value: distinct_1, distinct_2, self_bleu, ...
+    max_length_rise: float = 0.5        # flag when held-out answers grow longer than this (0.5 = +50% tokens)
+    max_score_inflation: float = 0.1    # flag when the judge's mean score on the frozen anchor set rises more
     stop: bool = False                  # end the loop at the first flagged generation
 
     def check(self) -> None:
@@ -220,6 +224,9 @@ class LoopConfig:
                     "List them first, e.g. graders: [verifier, consistency, judge, panel].")
         for name in ("generate", "select", "mix", "train", "eval", "collapse", "track"):
             check_section(getattr(self, name), name)
+        if self.train.method == "dpo" and self.select.pairs is None:
+            raise InputDataError("train.method: dpo learns from preference pairs, but select.pairs is not set.",
+                                 "Add e.g. select: {pairs: {by: judge, margin: 0.1}} (and n_per_prompt >= 2).")
         read = list(self.select.graders()) + list(self.select.schedule or {})
         missing = [name for name in read if name.removeprefix(SCORE_PREFIX) not in self.graders]
         if missing:

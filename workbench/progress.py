@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def _mode() -> str:
@@ -95,3 +97,17 @@ class Progress:
 
 def progress(total: int, desc: str, unit: str = "items", every: float = 10.0) -> Progress:
     return Progress(total, desc, unit=unit, every=every)
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No per-call progress bars from `datasets` (a one-second write prints three of them), restored after."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()

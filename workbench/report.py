@@ -20,7 +20,7 @@ from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = ["01_generate", "02_grade_and_diversity", "03_thresholds", "04_self_learning_loop", "05_model_collapse",
-             "06_self_grading"]
+             "06_self_grading", "07_self_rewarding"]
 
 # the notebooks that display widgets (the explorer, the training panel): their reports need `make widgets`
 WIDGET_NOTEBOOKS = {"03_thresholds"}
@@ -37,6 +37,9 @@ SMOKE = {
     # (tests/test_experiments.py runs the experiment's smoke itself: all six arms x 3 seeds, on a tiny model);
     # each arm-seed costs ~2-3 min on 2 loaded cores, all six arms x 3 seeds would add ~30 min to the suite
     "06_self_grading": {"smoke": True, "arms": ["verifier", "consistency"], "seeds": [0, 1]},
+    # the same for 07: the self-judge arm (the question) beside the verifier, one seed; the experiment's smoke
+    # (every arm x 3 seeds) runs on a tiny model in tests/test_experiments.py
+    "07_self_rewarding": {"smoke": True, "arms": ["verifier", "self_judge"], "seeds": [0]},
 }
 
 

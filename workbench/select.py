@@ -25,6 +25,7 @@ import pandas as pd
 from .dedup import (exact_duplicates, minhash_signatures, near_duplicates_embedding,  # noqa: F401 (re-exported)
                     near_duplicates_minhash)
 from .errors import InputDataError
+from .pairs import PairPolicy, PreferencePairs, pairs  # noqa: F401 (re-exported: workbench.select.pairs)
 from .store import LEGACY_SELECTION, SCORE_PREFIX, score_column, score_columns  # noqa: F401 (re-exported)
 
 DEDUP_METHODS = (None, "exact", "minhash", "embedding")
@@ -66,6 +67,7 @@ class SelectionPolicy:
     dedup: str | None = None            # None | exact | minhash | embedding (needs embeddings), best-first
     dedup_threshold: float | None = None  # similarity at which two texts are duplicates (minhash 0.8, embedding 0.95)
     schedule: dict[str, Any] | None = None  # grader -> per-generation thresholds (a list, or {start, step, max})
+    pairs: PairPolicy | None = None     # preference pairs for DPO ({by, margin, per_prompt}; workbench.pairs)
 
     def __post_init__(self) -> None:
         self.check()
@@ -101,6 +103,13 @@ class SelectionPolicy:
                 raise InputDataError(f"{path}.schedule.{name}: needs a start.", "E.g. {start: 0.5, step: 0.1, max: 0.9}.")
             for value in values:
                 _number(value, f"{path}.schedule.{name}")
+        if isinstance(self.pairs, dict):
+            from .config import from_fields
+
+            self.pairs = from_fields(PairPolicy, self.pairs, f"{path}.pairs")
+        elif self.pairs is not None and not isinstance(self.pairs, PairPolicy):
+            raise InputDataError(f"{path}.pairs: expected a mapping {{by, margin, per_prompt}}, got {self.pairs!r}.",
+                                 f"E.g. {path}.pairs: {{by: judge, margin: 0.1}}.")
 
     @classmethod
     def from_dict(cls, values: dict | "SelectionPolicy" | None, path: str = "select") -> "SelectionPolicy":
@@ -142,7 +151,8 @@ class SelectionPolicy:
 
     def graders(self) -> list[str]:
         """The graders whose scores this policy reads."""
-        return list(dict.fromkeys(list(self.thresholds) + ([self.rank_by] if self.rank_by else [])))
+        return list(dict.fromkeys(list(self.thresholds) + ([self.rank_by] if self.rank_by else [])
+                                  + ([self.pairs.by] if self.pairs else [])))
 
     @classmethod
     def from_saved(cls, params: dict) -> "SelectionPolicy":

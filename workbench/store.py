@@ -17,6 +17,7 @@ folder. This table is the one description of it (the README's run-folder section
     <run>/gen-000/<name>.parquet                whole tables (Run.write_frame/read_frame): the loop's train_accepted and
                                                 train_set, judge-bias probes (probes_<judge>), preference pairs
                                                 (pairs: prompt/chosen/rejected, what `workbench export` exports)
+                                                and a DPO loop's frozen anchor answers (gen-000/anchor)
     <run>/gen-000/eval/                         the evaluation's own run (Run.eval_run)
     <run>/gen-001/checkpoint/                   the model trained at the end of generation 0 (Run.checkpoint_dir)
     <run>/panel/gen-001/                        the training panel's fine-tunes (Run.panel_dir)

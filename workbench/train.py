@@ -30,6 +30,7 @@ import pandas as pd
 from .errors import InputDataError
 from .models import DEFAULT_MODEL, LoadedModel, cpu_has_bf16, load_model
 from .progress import progress
+from .tracking import with_training
 
 # the data-mix policies live in their own module; `workbench.train.mix` is the name the docs use
 from .mix import MIX_POLICIES, mix, parse_mix, real_examples  # noqa: F401,E402
@@ -37,8 +38,10 @@ from .mix import MIX_POLICIES, mix, parse_mix, real_examples  # noqa: F401,E402
 
 @dataclass
 class TrainConfig:
-    method: str = "full"                 # "full" (every weight) or "lora" (low-rank adapters, merged at save)
-    learning_rate: float | None = None   # None: 3e-5 for full, 3e-4 for LoRA
+    method: str = "full"                 # SFT on "full" (every weight) or "lora" (low-rank adapters, merged at save);
+                                         # "dpo": DPO on preference pairs through TRL (workbench/dpo.py)
+    lora: bool = False                   # with method "dpo": train LoRA adapters (reference: the adapter-less base)
+    learning_rate: float | None = None   # None: 3e-5 full SFT, 3e-4 LoRA SFT, 5e-6 full DPO, 5e-5 LoRA DPO
     epochs: float = 1.0                  # passes over the examples (fractions allowed)
     max_steps: int | None = None         # cap on optimizer steps (same compute across data-mix policies)
     tokens_per_batch: int = 1024         # token budget of one optimizer step (rows x padded length)
@@ -56,11 +59,20 @@ class TrainConfig:
     device: str = "auto"                 # "auto": CUDA when present, else CPU
     seed: int = 0                        # batch order
     system_prompt: str | None = None     # must match what generation used for chat prompts
+    beta: float = 0.1                    # DPO: pull toward the reference model (higher: stays closer)
+    loss_type: str = "sigmoid"           # DPO: TRL's loss_type (sigmoid = DPO; ipo, hinge, robust, ...)
+    pairs_per_step: int = 8              # DPO: preference pairs per optimizer step
+    pairs_per_micro_batch: int = 2       # DPO: pairs per forward/backward (gradient accumulation bounds memory)
 
     def check(self) -> None:
-        if self.method not in ("full", "lora"):
-            raise InputDataError(f"TrainConfig.method must be 'full' or 'lora', got {self.method!r}.",
-                                 "Use method='full' or method='lora'.")
+        if self.method not in ("full", "lora", "dpo"):
+            raise InputDataError(f"TrainConfig.method must be 'full', 'lora' (SFT) or 'dpo', got {self.method!r}.",
+                                 "Use method='full' or 'lora' for SFT on accepted samples, 'dpo' (with lora=True "
+                                 "for adapters) for preference pairs.")
+        if self.method == "dpo" and (self.beta <= 0 or self.pairs_per_step < 1 or self.pairs_per_micro_batch < 1):
+            raise InputDataError(f"DPO needs beta > 0 and pairs_per_step, pairs_per_micro_batch >= 1 (got beta "
+                                 f"{self.beta}, {self.pairs_per_step}, {self.pairs_per_micro_batch}).",
+                                 "E.g. beta=0.1, pairs_per_step=8, pairs_per_micro_batch=2.")
         if self.tokens_per_batch < 16 or self.max_length < 8:
             raise InputDataError("tokens_per_batch and max_length are too small to train.",
                                  "Use tokens_per_batch >= 16 and max_length >= 8 (defaults 1024 and 256).")
@@ -69,7 +81,11 @@ class TrainConfig:
 
     @property
     def lr(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else (3e-5 if self.method == "full" else 3e-4)
+        if self.learning_rate is not None:
+            return self.learning_rate
+        if self.method == "dpo":
+            return 5e-5 if self.lora else 5e-6
+        return 3e-5 if self.method == "full" else 3e-4
 
 
 @dataclass
@@ -286,18 +302,23 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
     The caller's model is never modified (a LoadedModel is reloaded from its folder). `callback(event)`
     runs after every optimizer step with step, total_steps, loss, lr, tokens, tokens_per_s (a widget
     uses it for a live loss plot). Keyword overrides set TrainConfig fields: finetune(df, epochs=2).
+    With method="dpo", `examples` are preference pairs (prompt, chosen, rejected: `workbench.select.pairs`)
+    and TRL's DPOTrainer trains (workbench/dpo.py); its events add reward_margin, reward_chosen/rejected.
     Inside `workbench.tracking.start(...)` (the loop with a `track:` section, `workbench finetune --track`)
     every step's loss, lr, grad_norm and tokens/s are logged to the tracker as well.
     """
     import torch
 
-    from .tracking import with_training
-
     config = config or TrainConfig()
     if overrides:
         config = TrainConfig(**{**asdict(config), **overrides})
     config.check()
+    _check_local(model)
     callback = with_training(callback)  # inside `tracking.start` (the loop's track:), each step is logged too
+    if config.method == "dpo":
+        from .dpo import finetune_dpo
+
+        return finetune_dpo(examples, model, config, out_dir, callback)
     if examples is None or len(examples) == 0:
         raise InputDataError("No training examples: the selection accepted nothing.",
                              "Lower the thresholds (or use a target rate) so some samples are accepted, "
@@ -305,26 +326,54 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
     device = _choose_device(config.device)
     world, rank = _distributed(device)  # before loading, so each process loads onto its own GPU
     loaded = load_model(_spec(model), dtype="fp32", device=device)  # master weights in fp32; autocast below
-    net, tokenizer = loaded.model, loaded.tokenizer
-    rows = tokenize_examples(examples, tokenizer, config.max_length, config.system_prompt)
+    rows = tokenize_examples(examples, loaded.tokenizer, config.max_length, config.system_prompt)
     if not rows:
         raise InputDataError("Every training example has an empty completion.", "Check the accepted samples.")
+    torch.manual_seed(config.seed)  # LoRA's initial adapters come from it
+    net = _trainable(loaded.model, config, device, world)
+    history, totals = _optimize(net, rows, loaded.tokenizer.pad_token_id, config, device, rank, world, callback)
+    if world > 1:
+        net = net.module
+    if config.method == "lora":
+        net = net.merge_and_unload()
+    net.eval()
+    autocast = _autocast_dtype(config.precision, device)
+    padded = totals.pop("padded_tokens")
+    stats = {"method": config.method, "examples": len(rows), **totals,
+             "padding_share": 1 - totals["real_tokens"] / max(padded, 1),
+             "real_tokens_per_s": totals["real_tokens"] / max(totals["seconds"], 1e-9), "peak_rss_gb": _peak_rss_gb(),
+             "device": device, "precision": "bf16-autocast" if autocast is not None else "fp32",
+             "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"], "base_model": loaded.name,
+             "processes": world,
+             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}}
+    return _finish(net, loaded.tokenizer, pd.DataFrame(history), stats, out_dir, rank, world)
 
-    torch.manual_seed(config.seed)
-    net = _trainable(net, config, device, world)
+
+def _check_local(model) -> None:
+    """Training needs weights on this machine: a backend (an OpenAI-compatible server, llama.cpp) has none."""
+    from .backends import is_backend_spec
+
+    if is_backend_spec(model):
+        raise InputDataError(f"Cannot fine-tune {model!r}: it is a backend (a served model), and training needs "
+                             "local weights.", "Fine-tune a local model folder or an embedded/hub model id "
+                             "(e.g. smollm2-135m), then serve the result if you like.")
+
+
+def _optimize(net, rows, pad_id: int, config: TrainConfig, device: str, rank: int, world: int,
+              callback) -> tuple[list[dict], dict]:
+    """The SFT optimizer loop: length-bucketed steps, warm-up + cosine LR, clipping; (history, totals)."""
+    import torch
+
     trainable = [p for p in net.parameters() if p.requires_grad]
     fused = {"fused": True} if device == "cpu" or device.startswith("cuda") else {}
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, **fused)
     autocast = _autocast_dtype(config.precision, device)
-
     lengths = [len(ids) for ids, _ in rows]
-    per_epoch = len(length_buckets(lengths, config.tokens_per_batch))
-    total = max(1, math.ceil(per_epoch * config.epochs))
+    total = max(1, math.ceil(len(length_buckets(lengths, config.tokens_per_batch)) * config.epochs))
     if config.max_steps:
         total = min(total, config.max_steps) if config.epochs else config.max_steps
-    history, step, epoch = [], 0, 0
-    started = time.perf_counter()
-    real_tokens = padded_tokens = target_tokens = 0
+    history, step, epoch, started = [], 0, 0, time.perf_counter()
+    totals = {"steps": total, "real_tokens": 0, "padded_tokens": 0, "target_tokens": 0}
     with progress(total, f"fine-tune ({config.method})", unit="steps") as bar:
         while step < total:
             for batch in length_buckets(lengths, config.tokens_per_batch, seed=config.seed + epoch):
@@ -334,43 +383,27 @@ def finetune(examples: pd.DataFrame, model: str | LoadedModel = DEFAULT_MODEL, c
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, total, config.lr, config.warmup_steps)
                 n_targets = sum(len(ids) - n_prompt for ids, n_prompt in batch_rows)
-                loss = _accumulate_gradients(net, batch_rows, n_targets, config, device, autocast,
-                                             tokenizer.pad_token_id, rank, world)
+                loss = _accumulate_gradients(net, batch_rows, n_targets, config, device, autocast, pad_id, rank, world)
                 grad_norm = (float(torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip))
                              if config.grad_clip else float("nan"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 real = sum(len(r[0]) for r in batch_rows)
-                real_tokens += real
-                padded_tokens += max(len(r[0]) for r in batch_rows) * len(batch_rows)
-                target_tokens += n_targets
+                totals["real_tokens"] += real
+                totals["padded_tokens"] += max(len(r[0]) for r in batch_rows) * len(batch_rows)
+                totals["target_tokens"] += n_targets
                 elapsed = time.perf_counter() - started
                 event = {"step": step + 1, "total_steps": total, "epoch": epoch, "loss": loss,
                          "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "rows": len(batch_rows),
                          "tokens": real, "target_tokens": n_targets, "seconds": elapsed,
-                         "tokens_per_s": real_tokens / max(elapsed, 1e-9)}
+                         "tokens_per_s": totals["real_tokens"] / max(elapsed, 1e-9)}
                 history.append(event)
                 bar.update(1, tokens=real)
                 if callback is not None:
                     callback(event)
                 step += 1
             epoch += 1
-
-    seconds = time.perf_counter() - started
-    if world > 1:
-        net = net.module
-    if config.method == "lora":
-        net = net.merge_and_unload()
-    net.eval()
-    stats = {"method": config.method, "examples": len(rows), "steps": total, "epochs_run": epoch,
-             "real_tokens": real_tokens, "target_tokens": target_tokens,
-             "padding_share": 1 - real_tokens / max(padded_tokens, 1), "seconds": seconds,
-             "real_tokens_per_s": real_tokens / max(seconds, 1e-9), "peak_rss_gb": _peak_rss_gb(),
-             "device": device, "precision": "bf16-autocast" if autocast is not None else "fp32",
-             "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"], "base_model": loaded.name,
-             "processes": world,
-             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}}
-    return _finish(net, tokenizer, pd.DataFrame(history), stats, out_dir, rank, world)
+    return history, {**totals, "epochs_run": epoch, "seconds": time.perf_counter() - started}
 
 
 def _finish(net, tokenizer, history: pd.DataFrame, stats: dict, out_dir, rank: int, world: int) -> TrainResult:

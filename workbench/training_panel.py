@@ -23,12 +23,30 @@ from .loop_config import EvalConfig
 from .models import DEFAULT_MODEL
 
 
+DPO_TRACES = (("reward_margin", "reward margin"), ("reward_chosen", "chosen reward"),
+              ("reward_rejected", "rejected reward"))
+
+
+def _append_point(figure, name: str, x, y, secondary: bool = False) -> None:
+    """Add (x, y) to the trace called `name`, creating it (on the right-hand axis when `secondary`)."""
+    trace = next((t for t in figure.data if t.name == name), None)
+    if trace is None:
+        if secondary and "yaxis2" not in figure.layout.to_plotly_json():
+            figure.update_layout(yaxis2=dict(title="DPO reward", overlaying="y", side="right", showgrid=False),
+                                 legend=dict(orientation="h", y=-0.25))
+        figure.add_scatter(x=[], y=[], mode="lines+markers", name=name, yaxis="y2" if secondary else "y")
+        trace = figure.data[-1]
+    trace.x = tuple(trace.x or ()) + (x,)
+    trace.y = tuple(trace.y or ()) + (y,)
+
+
 class TrainingPanel:
     """Parameters are stored as given; results land in `result`, `comparison` and `examples`."""
 
     def __init__(self, explorer=None, samples: pd.DataFrame | None = None, model=DEFAULT_MODEL, run=None,
                  generation: int = 0, train: dict | None = None, eval: dict | EvalConfig | None = None,
-                 n_examples: int = 5, task_params: dict | None = None, out_dir: str | Path | None = None):
+                 n_examples: int = 5, task_params: dict | None = None, out_dir: str | Path | None = None,
+                 pairs: dict | None = None):
         if explorer is None and samples is None:
             raise InputDataError("TrainingPanel needs a ThresholdExplorer or accepted samples.",
                                  "Pass TrainingPanel(explorer) or TrainingPanel(samples=accepted_rows).")
@@ -40,6 +58,9 @@ class TrainingPanel:
             **(eval or {})}, "eval")
         self.task_params = dict(task_params or {})
         self.out_dir = out_dir
+        # with train={"method": "dpo"}: how the explorer's graded samples become preference pairs
+        # (workbench.pairs: by, margin, per_prompt; the explorer's human labels override the grader)
+        self.pairs_options = dict(pairs or {})
         self.result = None
         self.comparison: pd.DataFrame | None = None
         self.examples: pd.DataFrame | None = None
@@ -47,8 +68,22 @@ class TrainingPanel:
         self._ui = None
 
     # ------------------------------------------------------------------ logic
+    @property
+    def dpo(self) -> bool:
+        return self.train_options.get("method") == "dpo"
+
     def selected(self) -> pd.DataFrame:
-        """The rows to train on: the explorer's accepted rows (human labels included) or the given samples."""
+        """The rows to train on: the explorer's accepted rows (human labels included) or the given samples;
+        for DPO, the preference pairs of all the explorer's samples (or of the given ones)."""
+        if self.dpo:
+            from .pairs import pairs
+
+            graded = self.explorer.samples if self.explorer is not None else self.samples
+            labels = self.explorer.labels if self.explorer is not None else None
+            found = pairs(graded, **{"by": "verifier", **self.pairs_options}, labels=labels)
+            if not found.n_pairs:
+                raise InputDataError(found.message, "Pair by another grader (pairs={'by': ...}) or lower the margin.")
+            return found.frame
         if self.explorer is not None:
             return self.explorer.samples[self.explorer.accepted_mask].reset_index(drop=True)
         return self.samples.reset_index(drop=True)
@@ -70,6 +105,7 @@ class TrainingPanel:
         from .train import finetune
 
         rows = self.selected()
+        what = "preference pairs" if self.dpo else "samples"
         if len(rows) == 0:
             raise InputDataError("The selection is empty: there is nothing to fine-tune on.",
                                  "Lower a threshold in the explorer so some samples are accepted.")
@@ -79,9 +115,9 @@ class TrainingPanel:
         measure = dict(task=task, settings=self.eval_settings, task_params=self.task_params,
                        training_prompts=rows["prompt"].tolist())  # held-out problems: none of these
         before_model = self.model if not isinstance(self.model, str) else load_model(self.model, dtype="fp32")
-        self._status(f"Evaluating the model before training ({len(rows)} accepted samples selected)...")
+        self._status(f"Evaluating the model before training ({len(rows)} {what} selected)...")
         before = evaluate(before_model, Run(folder / "before"), **measure)
-        self._status(f"Fine-tuning on {len(rows)} samples...")
+        self._status(f"Fine-tuning on {len(rows)} {what}...")
         self.result = finetune(rows, model=before_model, out_dir=folder, callback=self._on_step,
                                **self.train_options)
         self._save_loss_curve()
@@ -94,7 +130,7 @@ class TrainingPanel:
         self.comparison["change"] = self.comparison["after"] - self.comparison["before"]
         prompts = rows.drop_duplicates("prompt").head(self.n_examples)
         self.examples = self._side_by_side(prompts, before_model, after_model)
-        self.message = (f"Fine-tuned on {len(rows)} samples in {self.result.stats['steps']} steps; loss "
+        self.message = (f"Fine-tuned on {len(rows)} {what} in {self.result.stats['steps']} steps; loss "
                         f"{self.result.stats['first_loss']:.3f} -> {self.result.stats['last_loss']:.3f}; "
                         f"checkpoint {self.result.checkpoint}")
         self._status(self.message)
@@ -156,9 +192,10 @@ class TrainingPanel:
         bar, loss = self._ui["bar"], self._ui["loss"]
         bar.max, bar.value = event["total_steps"], event["step"]
         with loss.batch_update():
-            trace = loss.data[0]
-            trace.x = tuple(trace.x or ()) + (event["step"],)
-            trace.y = tuple(trace.y or ()) + (event["loss"],)
+            _append_point(loss, "loss", event["step"], event["loss"])
+            for key, name in DPO_TRACES:  # DPO's rewards, on a second axis
+                if event.get(key) is not None:
+                    _append_point(loss, name, event["step"], event[key], secondary=True)
 
     def _save_loss_curve(self) -> None:
         """The loss figure as it is now (titles, the finished curve) into its saved widget state: live

@@ -277,7 +277,8 @@ def data_map(points: pd.DataFrame, color: str = "generation", title: str | None 
                                       text=_hover(frame["text"]), hovertemplate="%{text}<extra></extra>",
                                       marker=dict(size=5, opacity=0.7, color=CATEGORY_COLORS[(number + 2) % len(CATEGORY_COLORS)])))
     method = points.attrs.get("map", {})
-    figure.update_layout(title=title or f"data map by {color} ({method.get('method', '?').upper()} of MiniLM embeddings)",
+    embedding = {"lexical": "character n-gram"}.get(method.get("embedding"), "MiniLM")
+    figure.update_layout(title=title or f"data map by {color} ({method.get('method', '?').upper()} of {embedding} embeddings)",
                          height=520, margin=dict(l=10, r=10, t=50, b=10), legend=dict(itemsizing="constant"),
                          xaxis=dict(showticklabels=False, zeroline=False), yaxis=dict(showticklabels=False, zeroline=False))
     return figure

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .datamap import LEXICAL_ABOVE_ROWS
 from .explorer import EXPLORER_MODES, ExplorerState
 from .select import score_column
 
@@ -106,7 +107,9 @@ class ThresholdExplorer(ExplorerState):
             w.HTML("<b>Examples near the threshold</b> (mark good/bad to override the graders)"),
             ui["examples"], w.HBox([reviewer, save]),
         ])
-        ui["map_box"] = w.VBox([w.HTML("The data map lays every sample out in 2-D by meaning (MiniLM + UMAP)."),
+        ui["map_box"] = w.VBox([w.HTML("The data map lays every sample out in 2-D by meaning (MiniLM + UMAP; "
+                                       f"without embeddings given, more than {LEXICAL_ABOVE_ROWS:,} samples by "
+                                       "their character n-grams, in seconds)."),
                                 w.Button(description="draw the data map", icon="map")])
         ui["map_box"].children[1].on_click(lambda _: self._build_map())
         ui["tabs"] = w.Tab([thresholds_tab, ui["map_box"]])
@@ -117,7 +120,7 @@ class ThresholdExplorer(ExplorerState):
             ui["count"], ui["message"], ui["tabs"],
         ])
         self._ui = ui
-        # embeddings at hand: the map costs only its projection (UMAP: ~10 s at 10k rows; minutes at 100k,
+        # embeddings at hand: the map costs only its projection (UMAP: ~8 s at 10k rows; minutes at 100k,
         # where the tab's button draws it on request)
         if self.live.embeddings is not None and len(self.samples) <= MAP_AT_ONCE_MAX_ROWS:
             self._build_map()
@@ -136,8 +139,9 @@ class ThresholdExplorer(ExplorerState):
             return
         layout = self.map_layout()
         values, categories = self.map_colors()
+        how = f"{layout.embedding} + {layout.method.upper()}" if layout.embedding else layout.method.upper()
         figure = go.FigureWidget(viz.data_map_live(layout.coords, values, categories, self.samples[self.text_column],
-                                                   title=f"{len(self.samples)} samples ({layout.method.upper()})"))
+                                                   title=f"{len(self.samples)} samples ({how})"))
         figure.data[0].on_selection(lambda trace, points, selector: self.select_on_map(points.point_inds))
         color = w.Dropdown(options=color_options(self.samples), value=self.map_color_by, description="colour by")
         color.observe(lambda change: self.set_map_color(change["new"]), names="value")
