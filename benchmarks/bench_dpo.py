@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, machine_info, matmul_peak_gflops  # noqa: E402
+from common import emit, machine_info, matmul_peak_gflops, write_readme_block  # noqa: E402
 
 PARAMS = 134.5e6  # SmolLM2-135M: every weight, the tied 49k x 576 embedding/LM head included
 FLOPS_PER_TOKEN = {"sft_full": 6 * PARAMS, "dpo_full": 8 * PARAMS, "dpo_lora": 6 * PARAMS}
@@ -109,8 +109,6 @@ def main() -> int:
 
 def write_readme_table(result: dict) -> None:
     """The table in README.md between the bench_dpo markers, from the measured numbers (never typed)."""
-    import re
-
     labels = {"sft_full": "SFT, full (`finetune`)", "dpo_full": "DPO, full (TRL `DPOTrainer`)",
               "dpo_lora": "DPO, LoRA r=8"}
     lines = ["| variant | real tokens/s | x SFT | share of matmul peak | peak RSS |", "|---|---|---|---|---|"]
@@ -127,11 +125,7 @@ def write_readme_table(result: dict) -> None:
                  f"{result['sequence_length']}-token sequences, {result['pairs_per_step']} pairs (16 sequences) per "
                  f"step, {result['results']['sft_full']['timed_steps']} timed steps each, each variant in a fresh "
                  "process.\n")
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    text = readme.read_text()
-    pattern = re.compile(r"(<!-- bench_dpo:start -->\n).*?(<!-- bench_dpo:end -->)", re.S)
-    if pattern.search(text):
-        readme.write_text(pattern.sub(lambda m: m.group(1) + "\n".join(lines) + "\n" + m.group(2), text))
+    write_readme_block("bench_dpo", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -315,7 +315,7 @@ def main() -> int:
 
 def write_readme_table(results: dict) -> None:
     """The table in README.md between the bench_train markers, from these numbers (never typed by hand)."""
-    import re
+    from common import write_readme_block
 
     labels = {"naive": "naive loop: 8 rows padded to 128, full logits, AdamW", "full": "workbench full fine-tune",
               "lora": "workbench LoRA r=8 (all projections)"}
@@ -349,10 +349,7 @@ def write_readme_table(results: dict) -> None:
                  f"torch {machine['torch']}, transformers {machine['transformers']}; 1-minute load average "
                  f"{sft['loadavg_start'][0]:.1f} at the start, {sft['loadavg_end'][0]:.1f} at the end (other work "
                  f"shared the cores). Rule (TRL within 10% on tokens/s and peak RSS): **{sft['decision']}**.\n")
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    text = readme.read_text()
-    pattern = re.compile(r"(<!-- bench_train:start -->\n).*?(<!-- bench_train:end -->)", re.S)
-    readme.write_text(pattern.sub(lambda m: m.group(1) + "\n".join(lines) + "\n" + m.group(2), text))
+    write_readme_block("bench_train", "\n".join(lines))
 
 
 if __name__ == "__main__":

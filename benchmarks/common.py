@@ -57,3 +57,15 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 20, dtype: str = "fp32")
         a @ b
         best = min(best, time.perf_counter() - started)
     return 2 * size ** 3 / best / 1e9
+
+
+def write_readme_block(name: str, markdown: str) -> None:
+    """Replace README.md's text between `<!-- name:start -->` and `<!-- name:end -->` with `markdown` (the
+    benchmark's table, made from its numbers, never typed); nothing happens where the markers are missing."""
+    import re
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    if pattern.search(text):
+        readme.write_text(pattern.sub(lambda m: m.group(1) + markdown + "\n" + m.group(2), text))
