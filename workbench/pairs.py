@@ -126,8 +126,6 @@ def _prompt_pairs(rank, scores, margin: float, per_prompt: int) -> tuple[list[tu
     if not qualifying:
         return [], "below margin"
     qualifying.sort(key=lambda c: (-c[0], -c[1], c[2], c[3]))  # labelled pairs first, then the widest gap
-    if per_prompt == 1:
-        return [qualifying[0][2:]], None
     return [c[2:] for c in qualifying[:per_prompt]], None
 
 
