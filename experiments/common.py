@@ -95,7 +95,8 @@ def command_line(name: str, args) -> str:
             + ("" if args.seeds == [0, 1, 2] else f" --seeds {','.join(map(str, args.seeds))}"))
 
 
-def write(name: str, frame, summary, args, started: float, markdown_body: str, extra: dict | None = None) -> str:
+def write(name: str, frame, summary, args, started: float, markdown_body: str, extra: dict | None = None,
+          interval: str = "mean ± 95% t-interval half-width across seeds") -> str:
     """<out>/<name>.csv (the long table), <name>.json (summary + machine + seconds + extra), <name>.md
     (`markdown_body` and how it was made); the README between the name's markers unless smoke / --no-readme.
     Returns the markdown."""
@@ -107,7 +108,7 @@ def write(name: str, frame, summary, args, started: float, markdown_body: str, e
     seeds = ", ".join(map(str, args.seeds))
     markdown = (markdown_body + "\n\n"
                 f"Made by `{command}` in {seconds / 60:.1f} min on {machine()['cpu']} ({machine()['cores']} cores), "
-                f"seeds {seeds} (mean ± 95% t-interval half-width across seeds), {time.strftime('%Y-%m-%d')}.\n")
+                f"seeds {seeds} ({interval}), {time.strftime('%Y-%m-%d')}.\n")
     (out / f"{name}.md").write_text(markdown)
     (out / f"{name}.json").write_text(json.dumps(
         {"name": name, "command": command, "seconds": seconds, "machine": machine(), "seeds": args.seeds,

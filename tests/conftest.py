@@ -12,6 +12,29 @@ import pytest
 os.environ.setdefault("WORKBENCH_PROGRESS", "lines")
 
 
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def experiment_script(name: str):
+    """An experiment script's module, imported as the scripts import each other (`common` from their folder)."""
+    import importlib
+    import sys
+
+    if str(EXPERIMENTS) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENTS))
+    return importlib.import_module(name)
+
+
+def assert_rerun_writes_nothing(main, argv: list[str], runs: Path) -> None:
+    """Run an experiment's `main(argv)` again over finished runs: it must resume (read every table back) and
+    write nothing new into the run folders: no new parquet part, no ledger line."""
+    parts = sorted(str(p.relative_to(runs)) for p in runs.rglob("*.parquet"))
+    ledgers = {p: p.read_text() for p in runs.rglob("ledger.jsonl")}
+    assert main(argv) == 0
+    assert sorted(str(p.relative_to(runs)) for p in runs.rglob("*.parquet")) == parts
+    assert {p: p.read_text() for p in runs.rglob("ledger.jsonl")} == ledgers
+
+
 def make_graded(n: int, seed: int, *, heuristics: bool = False, nan_judge=()):
     """A random graded table (one row per sample, `score__*` columns) for the selection and explorer tests:
     4 samples per prompt; judge scores uniform in [0, 1), verifier 0/1, with `heuristics` uniform in

@@ -118,3 +118,155 @@ def test_shared_prefix_gives_the_same_tokens(tiny):
     with torch.no_grad():
         reference = tiny.model(tokens).logits[0]
     assert torch.allclose(engine.logits(every)[0], reference, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, min_p", [
+    (1.0, 0, 1.0, 0.1), (0.7, 0, 1.0, 0.3), (1.3, 50, 1.0, 0.05), (1.0, 0, 0.9, 0.2), (0.8, 40, 0.95, 0.5),
+    (1.0, 0, 1.0, 0.0), (1.0, 20, 0.8, 0.0)])
+def test_filters_keep_the_same_tokens_as_transformers_warpers(temperature, top_k, top_p, min_p):
+    """Temperature, top-k, top-p, min-p in transformers' order (generation/utils.py): the same kept set per row."""
+    from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    from workbench.engine import filtered_probs
+
+    torch.manual_seed(1)
+    logits = torch.randn(64, 1000) * 3  # peaked enough that min-p keeps between one and a few hundred tokens
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else [])
+                                  + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+                                  + ([MinPLogitsWarper(min_p)] if min_p else []))
+    expected = torch.isfinite(warpers(None, logits.clone()))
+    probs, index = filtered_probs(logits, temperature, top_k, top_p, min_p)
+    kept = probs > 0
+    if index is not None:
+        kept = torch.zeros_like(expected).scatter(-1, index, kept)
+    assert torch.equal(kept, expected)
+    if min_p:
+        assert 1 < kept.sum(-1).float().mean() < logits.shape[-1] / 2  # the filter did something
+    # sampling draws only kept tokens; min_p 0 leaves sample_tokens' draws as they were
+    u = uniforms(np.arange(64, dtype=np.uint64), np.zeros(64))
+    picked = sample_tokens(logits, u, temperature, top_k, top_p, min_p)
+    assert kept.gather(-1, picked.unsqueeze(-1)).all()
+    if not min_p:
+        assert torch.equal(picked, sample_tokens(logits, u, temperature, top_k, top_p))
+
+
+def test_sample_tokens_min_p_near_one_is_greedy_and_batched():
+    torch.manual_seed(2)
+    logits = torch.randn(300, 500) * 2
+    u = uniforms(np.arange(300, dtype=np.uint64), np.zeros(300))
+    top2 = logits.topk(2).values
+    clear = top2[:, 0] - top2[:, 1] > 1e-3  # rows whose top token is not (nearly) tied: min-p leaves only it
+    assert clear.sum() > 290
+    assert torch.equal(sample_tokens(logits, u, 1.0, 0, 1.0, min_p=0.9999)[clear], logits.argmax(-1)[clear])
+    # one call over the batch equals row by row (no per-row state)
+    together = sample_tokens(logits, u, 1.0, 0, 1.0, min_p=0.2)
+    alone = torch.cat([sample_tokens(logits[i:i + 1], u[i:i + 1], 1.0, 0, 1.0, min_p=0.2) for i in range(0, 300, 37)])
+    assert torch.equal(together[::37], alone)
+
+
+def test_engine_run_min_p_samples_only_tokens_above_the_threshold(tiny):
+    """Every token the engine draws with min_p has probability >= min_p x the top token's (teacher-forced check);
+    without min_p some do not."""
+    engine = LlamaEngine(tiny.model)
+    ids = _ids(tiny)
+    stops = stop_token_ids(tiny.tokenizer, tiny.model)
+    requests = [Request(k, i, 40 + k, 16) for k, i in enumerate(ids)]
+
+    def worst_ratios(min_p):
+        ratios = []
+        for f in engine.run(requests, stops, temperature=1.0, top_k=0, top_p=1.0, slots=3, min_p=min_p):
+            seq = ids[f.key] + f.token_ids
+            hidden = engine.prefill(torch.tensor([seq]), torch.tensor([len(seq)]), all_positions=True)
+            probs = torch.softmax(engine.logits(hidden[0, len(ids[f.key]) - 1:len(seq) - 1]), -1)
+            chosen = probs.gather(-1, torch.tensor(f.token_ids).unsqueeze(-1)).squeeze(-1)
+            ratios.append((chosen / probs.amax(-1)).min().item() if f.token_ids else 1.0)
+        return min(ratios)
+
+    assert worst_ratios(0.3) >= 0.3 * (1 - 1e-3)
+    assert worst_ratios(0.0) < 0.3
+
+
+# the scoring passes as they were before they were batched (issue 16): one row at a time, a full log-softmax
+@torch.inference_mode()
+def _reference_scores(engine, sequences, score_from, batch_size):
+    from workbench.engine import right_padded
+
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        batch, starts = sequences[start:start + batch_size], score_from[start:start + batch_size]
+        tokens, lengths = right_padded(batch)
+        hidden = engine.prefill(tokens, lengths, all_positions=True)
+        for row, (seq, first) in enumerate(zip(batch, starts)):
+            first = max(first, 1)
+            if first >= len(seq):
+                out.append({"logprob": np.zeros(0), "mean_logprob": np.zeros(0)})
+                continue
+            logp = torch.log_softmax(engine.logits(hidden[row, first - 1:len(seq) - 1]), dim=-1)
+            chosen = logp.gather(-1, torch.tensor(seq[first:]).unsqueeze(-1)).squeeze(-1)
+            out.append({"logprob": chosen.numpy(), "mean_logprob": logp.mean(-1).numpy()})
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 64])
+def test_batched_scoring_matches_the_row_by_row_reference(tiny, batch_size, monkeypatch):
+    """token_logprobs / token_statistics (sorted batches, one LM-head pass per chunk of scored positions,
+    logit - logsumexp) give the per-row log-softmax's numbers, in the given order, with the same dtypes;
+    empty where nothing is scored (score_from at or past the end, or a one-token sequence)."""
+    from workbench import scoring
+    from workbench.engine import token_logprobs, token_statistics
+
+    monkeypatch.setattr(scoring, "SCORE_CHUNK", 7)  # several LM-head chunks per batch, split mid-sequence
+    engine = LlamaEngine(tiny.model)
+    rng = np.random.default_rng(16)
+    vocab = tiny.model.config.vocab_size
+    lengths = [1, 2, 5, 40, 3, 17, 17, 17, 60, 9, 2, 33, 17, 1, 25, 8, 50, 12, 4, 17]
+    sequences = [rng.integers(0, vocab, n).tolist() for n in lengths]
+    score_from = [0, 1, 5, 1, 2, 0, 16, 17, 30, 1, 2, 20, 3, 0, 25, 4, 1, 11, 60, 9]
+    reference = _reference_scores(engine, sequences, score_from, batch_size)
+    seen = []
+    logprobs = token_logprobs(engine, sequences, score_from, batch_size, on_batch=seen.append)
+    stats = token_statistics(engine, sequences, score_from, batch_size)
+    assert sum(seen) == len(sequences) and max(seen) <= batch_size
+    assert [len(lp) for lp in logprobs] == [max(n - max(f, 1), 0) for n, f in zip(lengths, score_from)]
+    worst = 0.0
+    for ref, lp, st in zip(reference, logprobs, stats):
+        for got in (lp, st["logprob"]):
+            assert got.dtype == ref["logprob"].dtype and got.shape == ref["logprob"].shape
+        assert st["mean_logprob"].dtype == ref["mean_logprob"].dtype
+        assert st["mean_logprob"].shape == ref["mean_logprob"].shape
+        if lp.size:
+            worst = max(worst, np.abs(lp - ref["logprob"]).max(), np.abs(st["logprob"] - ref["logprob"]).max(),
+                        np.abs(st["mean_logprob"] - ref["mean_logprob"]).max())
+    assert worst < 1e-5, worst
+
+
+def test_unpadded_prefill_uses_the_causal_path_with_the_same_numbers(tiny):
+    """A batch without padding runs SDPA's own causal mask; its hidden states equal the masked path's (the same
+    rows padded by a longer neighbour)."""
+    engine = LlamaEngine(tiny.model)
+    rng = np.random.default_rng(3)
+    rows = torch.tensor(rng.integers(0, tiny.model.config.vocab_size, (3, 12)))
+    causal = engine.prefill(rows, torch.tensor([12, 12, 12]), all_positions=True)
+    padded = torch.cat([torch.cat([rows, torch.zeros(3, 5, dtype=torch.long)], 1),
+                        torch.tensor(rng.integers(0, 100, (1, 17)))])
+    masked = engine.prefill(padded, torch.tensor([12, 12, 12, 17]), all_positions=True)[:3, :12]
+    assert torch.allclose(causal, masked, atol=1e-5, rtol=0), (causal - masked).abs().max()
+
+
+def test_length_batches_bound_rows_and_padding():
+    """Every sequence once, sorted by length; at most batch_size a batch; padding within max(25% real, 64)."""
+    from workbench.engine import _length_batches
+
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(1, 200, 300).tolist() + [1000, 3, 3, 3]
+    for batch_size in (1, 4, 32, 500):
+        batches = _length_batches(lengths, batch_size)
+        flat = [i for batch in batches for i in batch]
+        assert flat == sorted(range(len(lengths)), key=lambda i: lengths[i])
+        for batch in batches:
+            real = sum(lengths[i] for i in batch)
+            assert len(batch) <= batch_size
+            assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) - real <= max(0.25 * real, 64)
+    assert _length_batches([5] * 10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # equal lengths: full batches
+    assert _length_batches([], 8) == []

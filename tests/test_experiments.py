@@ -3,7 +3,6 @@ self-graders and their audits against the verifier, and experiment 3's smoke thr
 every arm x 3 seeds, the tables it writes, and a rerun that resumes without new work."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from conftest import assert_rerun_writes_nothing, experiment_script
 from workbench.errors import InputDataError
 from workbench.experiments import (LABEL_FREE_ARMS, label_free_configs, label_free_headline, mean_ci,
                                    summarize_seeds)
@@ -23,10 +23,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 def _script(name: str):
     """An experiment script's module (they import `common` from their own folder)."""
-    sys.path.insert(0, str(EXPERIMENTS))
-    import importlib
-
-    return importlib.import_module(name)
+    return experiment_script(name)
 
 
 def test_mean_ci_is_the_t_interval_and_summary_has_one_row_per_arm_and_generation():
@@ -136,11 +133,7 @@ def test_label_free_smoke_every_arm_three_seeds_and_a_resume(tiny_model_dir, tmp
                 assert metrics["eval_shared_from"].endswith(f"seed-{seed}/_base_eval")
                 assert not (runs / f"seed-{seed}" / arm / "gen-000" / "eval").exists()
         # a rerun resumes: every table is read back, nothing new is written into the runs
-        parts = sorted(str(p.relative_to(runs)) for p in runs.rglob("*.parquet"))
-        ledgers = {p: p.read_text() for p in runs.rglob("ledger.jsonl")}
-        assert label_free.main(argv) == 0
-        assert sorted(str(p.relative_to(runs)) for p in runs.rglob("*.parquet")) == parts
-        assert {p: p.read_text() for p in runs.rglob("ledger.jsonl")} == ledgers
+        assert_rerun_writes_nothing(label_free.main, argv, runs)
         assert pd.read_csv(out / "label_free.csv").equals(long)
     finally:
         shutil.rmtree(runs, ignore_errors=True)  # 18 checkpoints of ~0.5 GB each

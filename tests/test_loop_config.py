@@ -115,7 +115,7 @@ OLD_SMOKE_VERIFIER_ARM_RECORD = {  # workbench.experiments.self_improvement_conf
     "eval": {"heldout_problems": 8, "answer_tokens": 16, "heldout_texts": 6, "diversity_prompts": 4,
              "diversity_tokens": 16},
     "collapse": {}, "price": {"cpu_hour": 0.1, "gpu_hour": 3.0, "per_million_tokens": 0.0}, "seed": 0}
-OLD_COLLAPSE_ARM_RECORD = {  # workbench.experiments.collapse_configs(root)["keep_real_0.1"]
+OLD_COLLAPSE_ARM_RECORD = {  # collapse_configs(root)["keep_real_0.1"] before experiment 2 was redone (issue 15)
     "run": "ROOT/keep_real_0.1", "model": "smollm2-135m", "task": "corpus", "task_params": {"n": 64},
     "fresh_prompts": False, "generations": 5,
     "generate": {"n_per_prompt": 1, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 64},
@@ -134,7 +134,16 @@ def test_the_record_is_what_the_loop_recorded_before(tmp_path):
     assert LoopConfig.from_dict(SOME_SETTINGS).to_record() == OLD_SOME_SETTINGS_RECORD
     smoke = self_improvement_configs("ROOT", smoke=True)["verifier"]
     assert smoke.to_record() == OLD_SMOKE_VERIFIER_ARM_RECORD
-    assert collapse_configs("ROOT")["keep_real_0.1"].to_record() == OLD_COLLAPSE_ARM_RECORD
+    # experiment 2's arms changed with its redesign; a run folder of the old arms still reads its record back
+    assert LoopConfig.from_dict(OLD_COLLAPSE_ARM_RECORD).to_record() == OLD_COLLAPSE_ARM_RECORD
+    arms = collapse_configs("ROOT")
+    assert set(arms) == {"replace", "keep_real_0.1", "accumulate", "detector_replace_temp_0.7", "replace_top_p_0.9",
+                         "replace_temp_0.7"}
+    assert arms["detector_replace_temp_0.7"].to_record()["mix"] == {"policy": "replace", "resample_by": "realism",
+                                                             "weight": "odds", "temperature": 1.0}
+    assert arms["detector_replace_temp_0.7"].graders == ["heuristics", "realism"]
+    assert LoopConfig.from_dict(arms["detector_replace_temp_0.7"].to_record()).to_record() == arms["detector_replace_temp_0.7"].to_record()
+    assert arms["replace_temp_0.7"].generate.temperature == 0.7 and arms["replace_top_p_0.9"].generate.top_p == 0.9
     # a run folder that holds an old record accepts the same settings again, and refuses others
     old_run = Run(tmp_path / "old")
     old_run.check_config("loop", OLD_SOME_SETTINGS_RECORD)

@@ -42,11 +42,25 @@ def test_instruction_seeds():
 def test_corpus_default_is_real_text_and_split_is_disjoint():
     train = get_task("corpus", n=None)
     held = get_task("corpus", n=None, split="heldout")
-    assert len(train) > 200 and len(held) > 10
+    assert len(train) > 800 and len(held) >= 200  # issue 15: at least 200 held-out passages
     assert not set(train["prompt_id"]) & set(held["prompt_id"])
+    assert not set(train["prompt"]) & set(held["prompt"])
+    # both built-in sources contribute, and the held-out split of each is a subset of the combined one's
+    pydoc = get_task("corpus", n=None, split="heldout", source="pydoc")
+    docstrings = get_task("corpus", n=None, split="heldout", source="docstrings")
+    assert len(pydoc) > 30 and len(docstrings) > 150
+    assert set(pydoc["prompt_id"]) | set(docstrings["prompt_id"]) == set(held["prompt_id"])
     assert (train["prompt"].str.split().str.len() == 32).all()
     assert (train["chat"] == False).all()  # noqa: E712 - raw continuation
     assert train["prompt"].str.contains("object|function|statement|class", regex=True).mean() > 0.3
+
+
+def test_corpus_held_out_request_larger_than_the_split_is_an_error_with_counts(tmp_path):
+    (tmp_path / "c.txt").write_text("\n\n".join(" ".join(f"w{i}_{j}" for j in range(50)) for i in range(30)))
+    available = len(get_task("corpus", source=tmp_path / "c.txt", split="heldout", n=None))
+    with pytest.raises(InputDataError, match=rf"held-out split has {available} passages.*fewer than the 500 asked") as info:
+        get_task("corpus", source=tmp_path / "c.txt", split="heldout", n=500)
+    assert f"at most {available}" in info.value.fix
 
 
 def test_corpus_from_files(tmp_path):

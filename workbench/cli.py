@@ -53,8 +53,8 @@ def cmd_generate(args) -> int:
     prompts = get_task(args.task, **task_params)
     run = Run(_run_path(args.run)) if args.run else None
     samples = generate(prompts, model=args.model, n_per_prompt=args.n_per_prompt, temperature=args.temperature,
-                       top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                       system_prompt=args.system_prompt, batch_size=args.batch_size, run=run,
+                       top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, max_new_tokens=args.max_new_tokens,
+                       seed=args.seed, system_prompt=args.system_prompt, batch_size=args.batch_size, run=run,
                        generation=args.generation, checkpoint_every=args.checkpoint_every, dtype=args.dtype,
                        quantize=args.quantize, engine=args.engine)
     if args.output:
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-p", type=float, default=0.95)
     gen.add_argument("--top-k", type=int, default=50)
+    gen.add_argument("--min-p", type=float, default=0.0, help="min-p sampling threshold; 0 disables it")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--system-prompt")
     gen.add_argument("--batch-size", type=int, default=64)

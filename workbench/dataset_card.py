@@ -191,8 +191,9 @@ def _graders_section(source: ExportSource, graders: dict[str, dict]) -> str:
     return _table(rows)
 
 
-SAMPLING_COLUMNS = ("model", "dtype", "quantize", "engine", "temperature", "top_p", "top_k", "max_new_tokens", "seed",
-                    "system_prompt")  # what every sample records of how it was drawn (sampling._constant_columns)
+# what every sample records of how it was drawn (sampling._constant_columns; min_p only when it was on)
+SAMPLING_COLUMNS = ("model", "dtype", "quantize", "engine", "temperature", "top_p", "top_k", "min_p", "max_new_tokens",
+                    "seed", "system_prompt")
 
 
 def _generation_rows(sections: dict[str, dict], run: Run, scope: pd.DataFrame) -> list[dict]:

@@ -37,13 +37,15 @@ def uniforms(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def sample_tokens(logits: torch.Tensor, u: np.ndarray, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Sample one token per row from float logits with temperature, top-k and top-p (nucleus).
+def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                   min_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Unnormalized sampling probabilities [B, N] after temperature, top-k, top-p and min-p, in the order
+    transformers applies its warpers; filtered-out tokens get 0. `index` [B, N] gives each column's token
+    (sorted, most likely first), or is None when the columns are the whole vocabulary in order.
 
-    Uses inverse-CDF sampling with the given uniforms `u` (one per row). temperature 0 is greedy.
+    min-p keeps the tokens whose probability is >= min_p times the most likely token's (as transformers'
+    MinPLogitsWarper); renormalizing after top-k/top-p does not change that ratio. temperature must be > 0.
     """
-    if temperature <= 0:
-        return logits.argmax(-1)
     logits = logits.float() / temperature
     if top_k and top_k < logits.shape[-1]:
         values, index = torch.topk(logits, top_k, dim=-1)  # sorted, largest first
@@ -55,6 +57,20 @@ def sample_tokens(logits: torch.Tensor, u: np.ndarray, temperature: float, top_k
     if top_p < 1.0:
         before = torch.cumsum(probs, dim=-1) - probs
         probs = probs * (before < top_p)  # the smallest prefix whose mass reaches top_p
+    if min_p > 0:
+        probs = probs * (probs >= min_p * probs.amax(dim=-1, keepdim=True))  # the top token always stays
+    return probs, index
+
+
+def sample_tokens(logits: torch.Tensor, u: np.ndarray, temperature: float, top_k: int, top_p: float,
+                  min_p: float = 0.0) -> torch.Tensor:
+    """Sample one token per row from float logits with temperature, top-k, top-p (nucleus) and min-p.
+
+    Uses inverse-CDF sampling with the given uniforms `u` (one per row). temperature 0 is greedy.
+    """
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs, index = filtered_probs(logits, temperature, top_k, top_p, min_p)
     cdf = torch.cumsum(probs, dim=-1)
     target = torch.from_numpy(u).to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
     choice = torch.searchsorted(cdf, target).clamp_(max=cdf.shape[-1] - 1)
@@ -244,11 +260,14 @@ class LlamaEngine:
         positions = torch.arange(start, start + T).expand(B, T)
         cos, sin = self._rope(positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        valid = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)                   # [B, T] real keys
-        mask = torch.ones(T, T, dtype=torch.bool).tril().unsqueeze(0) & valid.unsqueeze(1)
-        if start:
-            mask = torch.cat([torch.ones(B, T, start, dtype=torch.bool), mask], dim=2)
-        mask = mask.unsqueeze(1)                                                      # [B, 1, T, start + T]
+        if not start and bool((lengths == T).all()):
+            mask = None  # no padding and no prefix: SDPA's own causal mask (same numbers, skips masked blocks)
+        else:
+            valid = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)               # [B, T] real keys
+            mask = torch.ones(T, T, dtype=torch.bool).tril().unsqueeze(0) & valid.unsqueeze(1)
+            if start:
+                mask = torch.cat([torch.ones(B, T, start, dtype=torch.bool), mask], dim=2)
+            mask = mask.unsqueeze(1)                                                  # [B, 1, T, start + T]
         x = self.embed[tokens]
         for i, (n1, qkv_w, o_w, n2, gu_w, down_w) in enumerate(self.layers):
             qkv = _linear(self._norm(x, n1), qkv_w).view(B, T, H + 2 * KV, D).transpose(1, 2)
@@ -260,7 +279,8 @@ class LlamaEngine:
             if start:
                 k = torch.cat([prefix[0][i].expand(B, -1, -1, -1), k], dim=2)
                 v = torch.cat([prefix[1][i].expand(B, -1, -1, -1), v], dim=2)
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                  enable_gqa=True)
             x = x + _linear(attn.transpose(1, 2).reshape(B, T, H * D), o_w)
             x = self._mlp(x, n2, gu_w, down_w)
         return x if all_positions else x[torch.arange(B), lengths - 1]
@@ -306,7 +326,7 @@ class LlamaEngine:
     # --------------------------------------------------------------------------- the scheduler
     def run(self, requests: Sequence[Request], stop_ids: Sequence[int], temperature: float = 1.0,
             top_k: int = 0, top_p: float = 1.0, slots: int = 64, prefill_chunk: int = 16,
-            min_shared_prefix: int = 8) -> Iterator[Finished]:
+            min_shared_prefix: int = 8, min_p: float = 0.0) -> Iterator[Finished]:
         """Generate every request; yield each as it finishes (not in request order)."""
         # Longer than ~80 lines on purpose: the scheduler's state (KV caches, slots, seeds, positions) is
         # shared by `record` and `admit` and rebound when finished rows are dropped; split across functions
@@ -359,7 +379,7 @@ class LlamaEngine:
                     seeds[s] = np.uint64(r.seed)
                 positions[slot_index] = lengths + P
                 u = uniforms(seeds[slot_index.numpy()], np.zeros(len(batch)))
-                first = sample_tokens(self.logits(hidden), u, temperature, top_k, top_p)
+                first = sample_tokens(self.logits(hidden), u, temperature, top_k, top_p, min_p)
                 next_tokens[slot_index] = first
                 for (s, _), token in zip(batch, first.tolist()):
                     if (f := record(s, token)) is not None:
@@ -374,7 +394,7 @@ class LlamaEngine:
             hidden = self.decode(next_tokens, positions, cache_k, cache_v, span)
             steps = np.array([len(g) for g in generated])
             u = uniforms(seeds, steps)
-            next_tokens = sample_tokens(self.logits(hidden), u, temperature, top_k, top_p)
+            next_tokens = sample_tokens(self.logits(hidden), u, temperature, top_k, top_p, min_p)
             positions = positions + 1
             for s, token in enumerate(next_tokens.tolist()):
                 if active[s] is not None and (f := record(s, token)) is not None:
@@ -405,64 +425,6 @@ class LlamaEngine:
 # start (system turn + rubric), which is run once. Callers reach these through `LoadedModel`
 # (`workbench/models.py`), which falls back to transformers where this engine does not apply.
 
-@torch.inference_mode()
-def next_token_logits(engine: LlamaEngine, sequences: list[list[int]], batch_size: int = 32,
-                      on_batch=None) -> torch.Tensor:
-    """Logits [len(sequences), vocab] of the token after each sequence."""
-    P, prefix = engine.common_prefix(sequences)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a batch
-    out = []
-    for start in range(0, len(sequences), batch_size):
-        batch = [sequences[i] for i in order[start:start + batch_size]]
-        tokens, lengths = right_padded(batch, P)
-        out.append(engine.logits(engine.prefill(tokens, lengths, prefix=prefix)))
-        if on_batch:
-            on_batch(len(batch))
-    logits = torch.cat(out)
-    return logits[torch.argsort(torch.tensor(order))]
 
-
-@torch.inference_mode()
-def token_logprobs(engine: LlamaEngine, sequences: list[list[int]], score_from: list[int], batch_size: int = 8,
-                   on_batch=None) -> list[np.ndarray]:
-    """For each sequence, log p(token_t | tokens_<t) for t in [score_from, len): the completion's tokens."""
-    out: list[np.ndarray] = []
-    for start in range(0, len(sequences), batch_size):
-        batch, starts = sequences[start:start + batch_size], score_from[start:start + batch_size]
-        tokens, lengths = right_padded(batch)
-        hidden = engine.prefill(tokens, lengths, all_positions=True)
-        for row, (seq, first) in enumerate(zip(batch, starts)):
-            first = max(first, 1)
-            if first >= len(seq):
-                out.append(np.zeros(0))
-                continue
-            logits = engine.logits(hidden[row, first - 1:len(seq) - 1])        # predicts tokens first..end
-            logp = torch.log_softmax(logits, dim=-1)
-            out.append(logp.gather(-1, torch.tensor(seq[first:]).unsqueeze(-1)).squeeze(-1).numpy())
-        if on_batch:
-            on_batch(len(batch))
-    return out
-
-
-@torch.inference_mode()
-def token_statistics(engine: LlamaEngine, sequences: list[list[int]], score_from: list[int], batch_size: int = 8,
-                     on_batch=None) -> list[dict]:
-    """For each sequence and each position t in [score_from, len): "logprob", log p(token_t | tokens_<t), and
-    "mean_logprob", the mean of log p(v | tokens_<t) over the whole vocabulary (what self-certainty needs:
-    KL(uniform || p) = -log V - mean_logprob). Both from the same forward pass as `token_logprobs`."""
-    out: list[dict] = []
-    for start in range(0, len(sequences), batch_size):
-        batch, starts = sequences[start:start + batch_size], score_from[start:start + batch_size]
-        tokens, lengths = right_padded(batch)
-        hidden = engine.prefill(tokens, lengths, all_positions=True)
-        for row, (seq, first) in enumerate(zip(batch, starts)):
-            first = max(first, 1)  # the first token has no prediction
-            if first >= len(seq):
-                out.append({"logprob": np.zeros(0), "mean_logprob": np.zeros(0)})
-                continue
-            logp = torch.log_softmax(engine.logits(hidden[row, first - 1:len(seq) - 1]), dim=-1)
-            chosen = logp.gather(-1, torch.tensor(seq[first:]).unsqueeze(-1)).squeeze(-1)
-            out.append({"logprob": chosen.numpy(), "mean_logprob": logp.mean(-1).numpy()})
-        if on_batch:
-            on_batch(len(batch))
-    return out
+# the scoring passes (judge prompts, perplexity, self-certainty) live in workbench/scoring.py
+from .scoring import SCORE_CHUNK, _length_batches, _score, next_token_logits, token_logprobs, token_statistics  # noqa: E402,F401

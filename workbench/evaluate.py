@@ -52,15 +52,20 @@ def evaluate(loaded, run: "Run", task: str, settings: "EvalConfig", task_params:
     from .sampling import generate
     from .graders import Verifier
     from .metrics import diversity_report
-    from .metrics.collapse import heldout_perplexity
+    from .metrics.collapse import heldout_logprobs, passage_perplexities, pooled_perplexity
     from .tasks import get_task
 
     out: dict[str, Any] = {}
     started = time.perf_counter()
     heldout = get_task("corpus", n=settings.heldout_texts, split="heldout")
     texts = (heldout["prompt"] + " " + heldout["reference"]).tolist()
-    out["heldout_perplexity"] = heldout_perplexity(loaded, texts)
+    scored = heldout_logprobs(loaded, texts, max_length=getattr(settings, "heldout_tokens", 256))
+    out["heldout_perplexity"] = pooled_perplexity(scored)
     out["heldout_texts"] = len(texts)
+    # per passage, for the tails and Shumailov et al.'s histogram (viz.perplexity_histograms)
+    run.write_frame(0, "heldout_perplexity", pd.DataFrame(
+        {"prompt_id": heldout["prompt_id"].iloc[:len(scored)].tolist() if len(scored) == len(heldout) else None,
+         "perplexity": passage_perplexities(scored), "tokens": [len(lp) for _, lp in scored]}))
 
     if task == "arithmetic":
         problems = heldout_problems(task, dict(task_params or {}), settings.heldout_problems, training_prompts)
@@ -80,5 +85,42 @@ def evaluate(loaded, run: "Run", task: str, settings: "EvalConfig", task_params:
     out["eval_answers_at_budget"] = float((free["finish_reason"] == "length").mean()) if len(free) else None
     for key in DIVERSITY_KEYS:
         out[f"diversity_{key}"] = report[key]
+    if getattr(settings, "tails", True):
+        out.update(_tails(loaded, scored, free, prompts))
     out["eval_seconds"] = time.perf_counter() - started
     return out
+
+
+def _tails(loaded, scored: list, free: pd.DataFrame, prompts: pd.DataFrame) -> dict:
+    """The tail metrics (workbench.metrics.collapse.tail_report) and generation 0's noise floor for them
+    (`noise`, bootstrap). Rare tokens are defined on the corpus's training split (never the held-out text);
+    the free generations are compared with the real continuations of the same prompts where the prompts
+    have them (corpus), else the vocabulary metrics are left out."""
+    from .metrics.collapse import bootstrap_noise, tail_report
+
+    frequencies = _corpus_frequencies(loaded.tokenizer)
+    has_reference = "reference" in prompts.columns and prompts["reference"].notna().all() and len(free)
+    real = prompts.set_index("prompt_id")["reference"].reindex(free["prompt_id"]).tolist() if has_reference else []
+    free_texts = free["completion"].tolist() if has_reference else []
+    report = tail_report(scored, frequencies, free_texts, real)
+    if not has_reference:
+        for key in ("vocab_coverage", "unigram_entropy", "unigram_entropy_real"):
+            report.pop(key)
+    report["noise"] = bootstrap_noise(scored, frequencies, free_texts if has_reference else free["completion"].tolist(),
+                                      real)
+    return report
+
+
+def _corpus_frequencies(tokenizer):
+    """Token counts of the corpus task's training split under `tokenizer` (cached per tokenizer)."""
+    from .metrics.collapse import token_frequencies
+    from .tasks import get_task
+
+    key = getattr(tokenizer, "name_or_path", None) or id(tokenizer)
+    if key not in _FREQUENCIES:
+        train = get_task("corpus", n=None, split="train")
+        _FREQUENCIES[key] = token_frequencies(tokenizer, (train["prompt"] + " " + train["reference"]).tolist())
+    return _FREQUENCIES[key]
+
+
+_FREQUENCIES: dict = {}  # tokenizer -> Counter; a process-wide cache of a pure function of the tokenizer

@@ -4,7 +4,7 @@
 1. Self-improvement with a verifier (STaR, Zelikman et al. 2022; ReST-EM, Singh et al. 2023) on
    arithmetic: K answers per problem, keep the verified ones, fine-tune the base model on them, repeat;
    beside it the same loop with the model's own judge as the only filter.
-2. Collapse (Shumailov et al. 2024; Gerstgrasser et al. 2024) on the corpus task: the model continues
+2. Collapse (`workbench.model_collapse`; Shumailov et al. 2024; Gerstgrasser et al. 2024) on the corpus task: the model continues
    real text, learns from its continuations, and the data mix decides what happens to held-out
    perplexity and diversity: replace, keep_real(0.1), accumulate, all at the same training compute.
 3. Label-free self-improvement (`label_free_configs`) on the arithmetic of 1: which self-grader, with no
@@ -26,7 +26,7 @@ import pandas as pd
 
 from .config import from_fields
 from .loop import run
-from .loop_config import CollapseConfig, EvalConfig, GenerateConfig, LoopConfig, MixPolicy
+from .loop_config import EvalConfig, GenerateConfig, LoopConfig, MixPolicy
 from .select import SelectionPolicy
 from .train import TrainConfig
 
@@ -72,29 +72,6 @@ def _train(**values) -> TrainConfig:
     """A TrainConfig that remembers the fields set here (as a YAML train section would): the run's config
     record lists them even where they equal the default (epochs=1), as it did for runs made before."""
     return from_fields(TrainConfig, values, "train")
-
-
-def collapse_configs(root: str | Path, generations: int = 5, n_prompts: int = 64, max_new_tokens: int = 64,
-                     steps: int = 8, policies: dict | None = None, smoke: bool = False, seed: int = 0,
-                     model: str = "smollm2-135m") -> dict[str, LoopConfig]:
-    """One arm per data-mix policy; each generation continues the model from its last checkpoint
-    (as in the papers) with the same number of optimizer steps of the same size, so the arms differ
-    only in what data they learn from."""
-    if smoke:
-        generations, n_prompts, max_new_tokens, steps = 1, 4, 16, 2
-    policies = policies or {"replace": "replace", "keep_real_0.1": {"keep_real": 0.1}, "accumulate": "accumulate"}
-    common = dict(model=model, task="corpus", task_params={"n": n_prompts}, fresh_prompts=False,
-                  generations=generations, generate=GenerateConfig(n_per_prompt=1, temperature=1.0, top_p=1.0, top_k=0,
-                                                                   max_new_tokens=max_new_tokens),
-                  graders=["heuristics"], select=SelectionPolicy(), real_examples=None, start_from="last",
-                  train=_train(epochs=0, max_steps=steps, learning_rate=5e-5), seed=seed,
-                  eval=EvalConfig(heldout_texts=6 if smoke else None, diversity_prompts=4 if smoke else 28,
-                                  diversity_tokens=max_new_tokens),
-                  collapse=CollapseConfig(max_perplexity_rise=0.10, max_diversity_drop=0.10))
-    root = Path(root)
-    # a policy in any form mix accepts: "replace", {"keep_real": 0.1}, or a MixPolicy
-    return {name: LoopConfig(run=str(root / name), mix=MixPolicy.parse(policy), **common)
-            for name, policy in policies.items()}
 
 
 def run_arms(configs: dict[str, LoopConfig], say=None) -> pd.DataFrame:
@@ -275,6 +252,25 @@ def summarize_seeds(frame: pd.DataFrame, metrics: Iterable[str], by: tuple[str, 
     return pd.DataFrame(rows)
 
 
+def paired_changes(frame: pd.DataFrame, metrics: Iterable[str]) -> pd.DataFrame:
+    """Per arm and metric: the change from generation 0 to the last generation, paired per seed, as mean and
+    95% t-interval half-width over seeds (`mean_ci`), and whether the interval excludes 0 (`clear`)."""
+    rows = []
+    for arm, group in frame.groupby("arm", sort=False):
+        for metric in metrics:
+            if metric not in group.columns:
+                continue
+            per_seed = []
+            for _, seed_rows in group.groupby("seed"):
+                values = pd.to_numeric(seed_rows.sort_values("generation")[metric], errors="coerce").dropna()
+                per_seed.append(float(values.iloc[-1] - values.iloc[0]) if len(values) >= 2 else np.nan)
+            mean, half = mean_ci(per_seed)
+            if np.isfinite(mean):
+                rows.append({"arm": arm, "metric": metric, "change_mean": mean, "change_ci95": half,
+                             "clear": bool(np.isfinite(half) and abs(mean) > half), "per_seed": per_seed})
+    return pd.DataFrame(rows)
+
+
 def label_free_headline(frame: pd.DataFrame, metric: str = "accuracy_lenient", reference: str = "verifier",
                         min_gain: float = 0.02) -> dict:
     """The share of the `reference` arm's gain (last generation minus generation 0 of `metric`) that each arm
@@ -384,3 +380,7 @@ def label_free_verdict(headline: dict) -> str:
     text = (f"The {headline['reference']} arm gained {_pm(gain['mean'], gain['ci95'], 1)} points of "
             f"{headline['metric']} (per seed: {', '.join(f'{g:+.1f}' for g in gain['per_seed'])}).")
     return text + (" " + headline["note"] if not headline["meaningful"] else "")
+
+
+# experiment 2 lives in its own module (workbench/model_collapse.py); its configs are reachable from here too
+from .model_collapse import COLLAPSE_ARMS, DECODINGS, collapse_configs  # noqa: E402,F401

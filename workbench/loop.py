@@ -19,7 +19,6 @@ its field's type and name a wrong one by its path (`select.thresholds.judge: exp
 """
 from __future__ import annotations
 
-import functools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -34,55 +33,12 @@ from .evaluate import evaluate
 from .loop_preference import anchor_stage, pairs_stage
 from .loop_config import (GRADERS, CollapseConfig, EvalConfig, GenerateConfig, LoopConfig,  # noqa: F401 (re-exported)
                           MixPolicy, PriceConfig, _as_config)
+from .errors import InputDataError
+from .loop_graders import PAIRWISE_OPPONENTS, _graders, _loop_panel, detector_real_texts  # noqa: F401 (re-exported)
 from .store import Run, score_column, score_columns
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-PAIRWISE_OPPONENTS = 2  # `pairwise`: each sample meets this many others of its prompt, in both orders
-
-
-def _graders(names: list[str], loaded, seed: int = 0) -> list:
-    """The graders named in the loop's config, in its order. `panel` is a logistic regression over the
-    self-graders listed before it (consistency, pairwise, judge, certainty), fitted on at most 32 labels of
-    the lenient `verifier` (drawn with `seed`); the config's check makes sure they all run before it."""
-    from .graders import (Consistency, Heuristics, PairwiseJudge, Perplexity, SelfCertainty, SelfJudge,
-                          Verifier)
-    from .loop_config import PANEL_INPUTS
-
-    makers = {"verifier": lambda: Verifier(), "verifier_strict": lambda: Verifier(name="verifier_strict", strict=True),
-              "judge": lambda: SelfJudge(model=loaded), "perplexity": lambda: Perplexity(model=loaded),
-              "heuristics": lambda: Heuristics(), "consistency": lambda: Consistency(),
-              "pairwise": lambda: PairwiseJudge(model=loaded, opponents=PAIRWISE_OPPONENTS),
-              "certainty": lambda: SelfCertainty(model=loaded),
-              "panel": lambda: _loop_panel()(graders=[g for g in names if g in PANEL_INPUTS], how="logistic",
-                                         labels="verifier", n_labels=32, seed=seed)}
-    return [makers[name]() for name in names]
-
-
-@functools.lru_cache(maxsize=None)
-def _loop_panel():
-    """The class of the loop's `panel` (built on first use: the graders import the model stack)."""
-    from .errors import InputDataError
-    from .graders import Panel
-
-    class LoopPanel(Panel):
-        """A logistic Panel that, where its labelled rows hold one class only (a tiny generation, or a model
-        that gets everything right) or none, scores NaN (it accepts nothing) and says why in `message_`,
-        instead of stopping the loop."""
-
-        def score(self, samples: pd.DataFrame) -> pd.Series:
-            try:
-                return super().score(samples)
-            except InputDataError as exc:
-                if "needs both classes" not in exc.problem and "no row has a label" not in exc.problem:
-                    raise
-                self.training_ids_, self.cv_auc_ = [], float("nan")
-                self.message_ = f"not fitted, every score NaN: {exc.problem}"
-                return pd.Series(float("nan"), index=samples.index, dtype=float)
-
-    return LoopPanel
-
 
 def prompts_for(config: LoopConfig, generation: int) -> pd.DataFrame:
     from .tasks import get_task
@@ -163,7 +119,8 @@ def monitor_collapse(step: Step, evaluations: list[dict]) -> bool:
 
     settings = step.config.collapse
     flags = collapse_flags(evaluations, settings.max_perplexity_rise, settings.max_diversity_drop,
-                           settings.diversity_metric, settings.max_length_rise, settings.max_score_inflation)
+                           settings.diversity_metric, settings.max_length_rise, settings.max_score_inflation,
+                           settings.max_tail_rise, settings.max_rare_drop, settings.max_coverage_drop)
     step.run.update_metrics(step.generation, collapse=flags)
     if not flags["collapsed"]:
         return False
@@ -196,13 +153,16 @@ def grade_stage(step: Step, samples: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 
     graders = step.config.graders
     started = time.perf_counter()
-    made = _graders(graders, step.model(), seed=step.config.seed)
+    made = _graders(graders, step.model(), seed=step.config.seed, real_texts=lambda: detector_real_texts(step.config))
     graded = grade(samples, made, run=step.run, generation=step.generation)
     scored = {"samples": len(graded),
                "mean_scores": {name: float(graded[column].mean()) for name, column in score_columns(graded).items()},
                "completion_tokens": int(graded["n_completion_tokens"].sum()),
                "mean_answer_tokens": float(graded["n_completion_tokens"].mean()) if len(graded) else None,
                "grade_seconds": time.perf_counter() - started}
+    detectors = {g.name: g.train_auc_ for g in made if getattr(g, "train_auc_", None) is not None}
+    if detectors:  # how well the machine-text detector tells this generation's samples from real text
+        scored["detector_auc"] = detectors
     if "judge" in graders and any(g.startswith("verifier") for g in graders):
         verifier = "verifier" if "verifier" in graders else "verifier_strict"
         scored["judge_audit"] = judge_audit(graded[score_column("judge")], graded[score_column(verifier)])
@@ -264,11 +224,38 @@ def mix_stage(step: Step, accepted_rows: pd.DataFrame, real: pd.DataFrame | None
 
     run, generation = step.run, step.generation
     earlier = [run.read_frame(g, "train_accepted") for g in range(generation)]
+    extra = {}
+    if step.config.mix.resample_by is not None:  # detector-weighted: redraw the new rows first (nothing written yet)
+        accepted_rows, extra = _detector_resample(step, accepted_rows)
     run.write_frame(generation, "train_accepted", accepted_rows[["prompt", "completion", "chat", "finish_reason"]])
     training_set = mix(step.config.mix.spec, earlier + [accepted_rows], real, seed=step.config.seed)
     run.write_frame(generation, "train_set", training_set)
     by_source = training_set["source"].value_counts().to_dict() if len(training_set) else {}
-    return training_set, {"train_set": {"rows": len(training_set), "by_source": by_source}}
+    return training_set, {"train_set": {"rows": len(training_set), "by_source": by_source, **extra}}
+
+
+def _detector_resample(step: Step, accepted_rows: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The accepted rows redrawn by the detector's P(real) (workbench.mix.detector_resample), and what the
+    redraw did: distinct rows kept, the weights' spread and the mean P(real) before and after."""
+    from .mix import detector_resample
+
+    policy = step.config.mix
+    column = score_column(policy.resample_by)
+    if column not in accepted_rows.columns:
+        raise InputDataError(f"The detector-weighted mix needs {policy.resample_by} scores, and this generation's "
+                             f"samples have none ({column} is missing).",
+                             f"Add '{policy.resample_by}' to graders; nothing was written.")
+    if not len(accepted_rows):
+        return accepted_rows, {"detector": {"rows": 0}}
+    p_real = accepted_rows[column].to_numpy(dtype=float)
+    drawn = detector_resample(accepted_rows, p_real, policy.weight, policy.temperature,
+                              seed=step.config.seed + step.generation)
+    return drawn, {"detector": {"by": policy.resample_by, "weight": policy.weight, "temperature": policy.temperature,
+                                "distinct_rows": int(drawn["prompt"].astype(str).add(drawn["completion"].astype(str))
+                                                     .nunique()),
+                                "max_weight": float(drawn["detector_weight"].max()),
+                                "mean_p_real_before": float(np.nanmean(p_real)),
+                                "mean_p_real_after": float(drawn[column].mean())}}
 
 
 TRAIN_STATS = ("method", "examples", "steps", "real_tokens", "seconds", "real_tokens_per_s", "first_loss",
@@ -368,7 +355,7 @@ def history(run: Run | str | Path) -> pd.DataFrame:
         metrics = run.metrics(generation)
         if "eval" not in metrics:
             continue
-        row = {"generation": generation, **metrics["eval"]}
+        row = {"generation": generation, **{k: v for k, v in metrics["eval"].items() if k != "noise"}}
         data = metrics.get("data", {})
         row.update({k: data.get(k) for k in ("samples", "accepted", "accept_rate", "accepted_distinct_2",
                                              "mean_answer_tokens", "own_score")})
@@ -377,6 +364,8 @@ def history(run: Run | str | Path) -> pd.DataFrame:
         row["anchor_score"] = (metrics.get("anchor") or {}).get("mean_score")
         for name, value in (data.get("mean_scores") or {}).items():
             row[f"mean_score_{name}"] = value
+        for name, auc in (data.get("detector_auc") or {}).items():
+            row[f"detector_auc_{name}"] = auc
         if data.get("judge_audit"):
             row["judge_roc_auc"] = data["judge_audit"].get("roc_auc")
         if "accepted_precision" in data:

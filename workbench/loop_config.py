@@ -25,7 +25,8 @@ from .tracking import TrackConfig
 from .train import TrainConfig
 
 GRADERS = ("verifier", "verifier_strict", "judge", "perplexity", "heuristics", "consistency", "pairwise", "certainty",
-           "panel")
+           "panel", "realism")
+DETECTORS = ("realism",)  # graders whose score is a P(real), usable by a detector-weighted mix
 # what `panel` combines (a logistic regression fitted on at most 32 labels of the lenient `verifier`): the
 # self-graders among these that the loop's list runs before it
 PANEL_INPUTS = ("consistency", "pairwise", "judge", "certainty")
@@ -43,6 +44,7 @@ class GenerateConfig:
     temperature: float = 0.8            # 0 = greedy
     top_p: float = 0.95                 # nucleus sampling mass; 1.0 disables it
     top_k: int = 50                     # 0 disables it
+    min_p: float = 0.0                  # keep tokens with p >= min_p x the top token's; 0 disables it
     max_new_tokens: int = 128           # completion budget per sample
     system_prompt: str | None = None    # None: the chat template's default system prompt
     batch_size: int = 64                # sequences decoded together
@@ -53,7 +55,7 @@ class GenerateConfig:
 
     def check(self) -> None:
         SamplingParams(n_per_prompt=self.n_per_prompt, temperature=self.temperature, top_p=self.top_p,
-                       top_k=self.top_k, max_new_tokens=self.max_new_tokens).check()
+                       top_k=self.top_k, min_p=self.min_p, max_new_tokens=self.max_new_tokens).check()
         if self.batch_size < 1 or (self.checkpoint_every is not None and self.checkpoint_every < 1):
             raise InputDataError("batch_size and checkpoint_every must be >= 1.", "E.g. batch_size: 64.")
         if self.engine not in ("auto", "fast", "hf") or self.quantize not in (None, "int8"):
@@ -64,16 +66,28 @@ class GenerateConfig:
 @dataclass
 class MixPolicy:
     """What each generation fine-tunes on (workbench/mix.py). YAML: `replace`, `accumulate`,
-    `{keep_real: 0.1}` or `{accumulate_subsample: 512}` (or the string 'keep_real(0.1)')."""
+    `{keep_real: 0.1}` or `{accumulate_subsample: 512}` (or the string 'keep_real(0.1)'); detector-weighted
+    (Drayson et al. 2025): `{policy: replace, resample_by: realism, weight: odds, temperature: 1.0}`, which
+    redraws each generation's accepted rows by the `realism` grader's P(real) before the policy mixes them."""
 
     name: str = "replace"               # replace | accumulate | keep_real | accumulate_subsample
     value: float | None = None          # keep_real: share of real rows in the set; accumulate_subsample: rows drawn
+    resample_by: str | None = None      # a detector grader ("realism"): resample the new rows by its P(real)
+    weight: str = "odds"                # odds: p / (1 - p) (importance weight) | prob: p (workbench.mix.detector_weights)
+    temperature: float = 1.0            # weights ** (1 / temperature): > 1 flattens towards plain replace
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
         parse_mix(self.spec)
+        if self.resample_by is not None:
+            from .mix import detector_weights
+
+            if self.resample_by not in DETECTORS:
+                raise InputDataError(f"mix.resample_by: {self.resample_by!r} is not a detector grader.",
+                                     f"Use one of {list(DETECTORS)}.")
+            detector_weights([0.5], self.weight, self.temperature)  # the weight's name and temperature
 
     @property
     def spec(self):
@@ -84,6 +98,18 @@ class MixPolicy:
     def parse(cls, form, path: str = "mix") -> "MixPolicy":
         if isinstance(form, cls):
             return form
+        if isinstance(form, dict) and "policy" in form:  # the detector-weighted form
+            extra = sorted(set(form) - {"policy", "resample_by", "weight", "temperature"})
+            if extra:
+                raise InputDataError(f"{path}: unknown key(s) {extra}.",
+                                     "Use policy, resample_by, weight and temperature.")
+            base = cls.parse(form["policy"], join_path(path, "policy"))
+            if "temperature" in form:
+                typed_value(form["temperature"], float, join_path(path, "temperature"))
+            policy = cls(base.name, base.value, form.get("resample_by"), form.get("weight", "odds"),
+                         float(form.get("temperature", 1.0)))
+            policy._form = copy.deepcopy(form)
+            return policy
         if isinstance(form, dict) and len(form) == 1:
             (name, value), = form.items()
             typed_value(value, float, join_path(path, name))
@@ -102,6 +128,9 @@ class MixPolicy:
         return policy
 
     def to_record(self):
+        if self.resample_by is not None and not hasattr(self, "_form"):
+            return {"policy": self.spec, "resample_by": self.resample_by, "weight": self.weight,
+                    "temperature": self.temperature}
         return copy.deepcopy(getattr(self, "_form", self.spec))
 
 
@@ -120,7 +149,10 @@ class EvalConfig:
 
     heldout_problems: int = 200         # verifiable tasks: greedy accuracy on this many problems never trained on
     answer_tokens: int = 24             # completion budget for those answers
-    heldout_texts: int | None = None    # held-out real passages for perplexity (None: all of them)
+    heldout_texts: int | None = None    # held-out real passages for perplexity (None: all of them, ~230)
+    heldout_tokens: int = 256           # each passage cut to this many tokens for the perplexity pass
+    tails: bool = True                  # tail metrics: per-passage perplexity p90/p99, rare-token probability,
+                                        # vocabulary coverage and unigram entropy, and gen 0's bootstrap noise
     diversity_prompts: int = 32         # free generations from fixed prompts for the diversity report
     diversity_tokens: int = 64          # completion budget of each free generation
     diversity_task: str = "auto"        # task of those prompts (auto: held-out corpus for corpus, else instructions)
@@ -137,6 +169,10 @@ class CollapseConfig:
     diversity_metric: str = "distinct_2"  # which diversity_report value: distinct_1, distinct_2, self_bleu, ...
     max_length_rise: float = 0.5        # flag when held-out answers grow longer than this (0.5 = +50% tokens)
     max_score_inflation: float = 0.1    # flag when the judge's mean score on the frozen anchor set rises more
+    max_tail_rise: float = 0.25         # flag when the 90th percentile of per-passage perplexity rises more
+    max_rare_drop: float = 0.25         # flag when the probability of the real text's rare tokens falls more
+    max_coverage_drop: float = 0.25     # flag when vocabulary coverage of free generations falls more
+                                        # (every relative limit is raised to gen 0's bootstrap noise, if larger)
     stop: bool = False                  # end the loop at the first flagged generation
 
     def check(self) -> None:
@@ -224,6 +260,11 @@ class LoopConfig:
                     "List them first, e.g. graders: [verifier, consistency, judge, panel].")
         for name in ("generate", "select", "mix", "train", "eval", "collapse", "track"):
             check_section(getattr(self, name), name)
+        if self.mix.resample_by is not None and self.mix.resample_by not in self.graders:
+            raise InputDataError(
+                f"mix: resamples by the {self.mix.resample_by!r} grader's scores, but graders {self.graders} "
+                f"does not run it, so the run would have no {self.mix.resample_by} scores.",
+                f"Add '{self.mix.resample_by}' to graders, e.g. graders: [heuristics, {self.mix.resample_by}].")
         if self.train.method == "dpo" and self.select.pairs is None:
             raise InputDataError("train.method: dpo learns from preference pairs, but select.pairs is not set.",
                                  "Add e.g. select: {pairs: {by: judge, margin: 0.1}} (and n_per_prompt >= 2).")

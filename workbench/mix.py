@@ -3,7 +3,14 @@
     train_set = mix({"keep_real": 0.1}, accepted_by_generation, real=real_examples(prompts), seed=0)
 
 `replace`, `accumulate`, `keep_real(f)` and `accumulate_subsample(B)` (Shumailov et al. 2024; Gerstgrasser
-et al. 2024); the model-collapse experiment compares the first three at the same compute.
+et al. 2024); the model-collapse experiment compares the first three at the same compute. Any of them can be
+detector-weighted (Drayson, Yilmaz & Lampos, EMNLP 2025, "Machine-generated text detection prevents language
+model collapse"): `detector_resample` redraws each generation's synthetic rows, with replacement and as many
+as there were, with weights from a machine-text detector's P(real) (the `realism` grader), so likely-human
+text is up-sampled before the mix.
+
+The functions keep whatever columns the frames have, so the exact toys (workbench/toys.py) run the very same
+policies on rows of numbers.
 """
 from __future__ import annotations
 
@@ -48,16 +55,20 @@ def mix(policy, accepted: list[pd.DataFrame], real: pd.DataFrame | None = None, 
     A `source` column says where each row came from ('real' or 'gen-XXX').
     """
     name, value = parse_mix(policy)
-    columns = ["prompt", "completion", "chat", "finish_reason", "source"]
+    frames = [f for f in [*accepted, real] if f is not None]
+    text = any("completion" in f.columns for f in frames) or not frames
+    # text rows keep the loop's columns (as before); other rows (the toys' numbers) keep their own
+    columns = ["prompt", "completion", "chat", "finish_reason", "source"] if text else \
+        list(dict.fromkeys(c for f in frames for c in f.columns if c != "source")) + ["source"]
 
     def tagged(frame, source):
         frame = frame.copy()
         frame["source"] = source
-        if "finish_reason" not in frame.columns:
+        if text and "finish_reason" not in frame.columns:
             frame["finish_reason"] = None
-        if "chat" not in frame.columns:
+        if text and "chat" not in frame.columns:
             frame["chat"] = True
-        return frame[columns]
+        return frame.reindex(columns=columns)  # a column one frame lacks (e.g. detector_weight) is left empty
 
     synthetic = [tagged(frame, Run.generation_name(g)) for g, frame in enumerate(accepted)]
     real_rows = tagged(real, "real") if real is not None and len(real) else pd.DataFrame(columns=columns)
@@ -79,6 +90,59 @@ def mix(policy, accepted: list[pd.DataFrame], real: pd.DataFrame | None = None, 
         parts = [pool.iloc[sorted(take)]]
     parts = [p for p in parts if len(p)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+DETECTOR_WEIGHTS = ("odds", "prob")
+
+
+def detector_weights(p_real, weight: str = "odds", temperature: float = 1.0) -> np.ndarray:
+    """Resampling weights from a detector's P(real) per row, normalised to sum 1.
+      odds   (p / (1 - p)) ** (1 / temperature): the classifier's density-ratio estimate p_real(x) / p_model(x),
+             the importance weight that turns model samples into (approximately) real-distributed ones
+      prob   p ** (1 / temperature): a gentler up-weighting of likely-human rows
+    temperature > 1 flattens the weights towards uniform (plain replace), < 1 sharpens them. p is capped at
+    1 - 1e-6 so a confident detector cannot give one row all the mass by division by zero; a row with p = 0 is
+    never drawn, and all rows at 0 (or NaN) are an error."""
+    if weight not in DETECTOR_WEIGHTS:
+        raise InputDataError(f"Unknown detector weight {weight!r}.", f"Use one of {list(DETECTOR_WEIGHTS)}.")
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise InputDataError(f"The detector weights' temperature must be > 0, got {temperature}.", "E.g. 1.0.")
+    p = np.asarray(p_real, dtype=float)
+    if not len(p) or not np.isfinite(p).any():
+        raise InputDataError(f"Detector-weighted resampling got {len(p)} rows and no finite P(real) among them.",
+                             "Check the realism grader's scores of this generation (score__realism); "
+                             "nothing was written.")
+    if np.isnan(p).any():
+        raise InputDataError(f"{int(np.isnan(p).sum())} of {len(p)} rows have no P(real) (NaN).",
+                             "Grade every row with the realism grader before the mix; nothing was written.")
+    if (p < 0).any() or (p > 1).any():
+        raise InputDataError(f"P(real) must lie in [0, 1]; got values from {np.nanmin(p):.3g} to {np.nanmax(p):.3g}.",
+                             "Pass a probability per row (the realism grader's score); nothing was written.")
+    p = np.minimum(p, 1 - 1e-6)  # a row the detector is sure is real must not take all the mass by p / 0
+    with np.errstate(over="ignore", under="ignore"):
+        raw = (p / (1 - p) if weight == "odds" else p) ** (1.0 / temperature)
+    if not np.isfinite(raw).all() or raw.sum() <= 0:
+        raise InputDataError("The detector weights are all zero or not finite (the detector gives every row "
+                             "P(real) = 0, or the temperature is so low that the weights overflow).",
+                             "Check the realism grader, raise the temperature (e.g. 1.0) or use weight 'prob'; "
+                             "nothing was written.")
+    return raw / raw.sum()
+
+
+def detector_resample(frame: pd.DataFrame, p_real, weight: str = "odds", temperature: float = 1.0,
+                      seed: int = 0) -> pd.DataFrame:
+    """`frame`'s rows redrawn with replacement, as many as it has, with `detector_weights(p_real, ...)`: the same
+    training compute, spent more on the rows the detector takes for human text (Drayson et al. 2025). Adds a
+    `detector_weight` column (each drawn row's normalised weight x rows: 1.0 = as often as plain replace)."""
+    if len(frame) != len(np.asarray(p_real)):
+        raise InputDataError(f"detector_resample: {len(frame)} rows but {len(np.asarray(p_real))} P(real) values.",
+                             "Pass one P(real) per row.")
+    weights = detector_weights(p_real, weight, temperature)
+    rng = np.random.default_rng([seed, len(frame), 17])
+    take = np.sort(rng.choice(len(frame), size=len(frame), replace=True, p=weights))
+    out = frame.iloc[take].reset_index(drop=True)
+    out["detector_weight"] = weights[take] * len(frame)
+    return out
 
 
 def real_examples(prompts: pd.DataFrame) -> pd.DataFrame:

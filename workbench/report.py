@@ -32,7 +32,9 @@ SMOKE = {
     "03_thresholds": {"task": "arithmetic", "train_epochs": 1,
                       "panel_eval": {"heldout_problems": 6, "heldout_texts": 4, "diversity_prompts": 3, "diversity_tokens": 12}},
     "04_self_learning_loop": {"smoke": True},
-    "05_model_collapse": {"smoke": True},
+    # 05 on the real model: replace and the detector-weighted arm, one seed, 1 generation (fewer arm-seeds than
+    # the three arms it rendered before); all six arms x 3 seeds run on a tiny model in tests/test_collapse.py
+    "05_model_collapse": {"smoke": True, "arms": ["replace", "detector_replace_temp_0.7"], "seeds": [0]},
     # a render check of notebook 06 on the real model: 2 seeds x 2 arms that need no judge passes, 1 generation
     # (tests/test_experiments.py runs the experiment's smoke itself: all six arms x 3 seeds, on a tiny model);
     # each arm-seed costs ~2-3 min on 2 loaded cores, all six arms x 3 seeds would add ~30 min to the suite

@@ -26,6 +26,9 @@ from .progress import progress
 SAMPLE_COLUMNS = ["sample_id", "prompt_id", "sample_index", "prompt", "completion", "n_prompt_tokens",
                   "n_completion_tokens", "finish_reason", "prompt_truncated", "model", "seed", "sample_seed", "temperature",
                   "top_p", "top_k", "max_new_tokens", "system_prompt", "dtype", "quantize", "engine"]
+# the order of a samples table's columns: SAMPLE_COLUMNS with `min_p` (present only when min-p was on) after top_k
+_COLUMN_ORDER = SAMPLE_COLUMNS[:SAMPLE_COLUMNS.index("top_k") + 1] + ["min_p"] + \
+    SAMPLE_COLUMNS[SAMPLE_COLUMNS.index("top_k") + 1:]
 
 
 @dataclass
@@ -34,6 +37,7 @@ class SamplingParams:
     temperature: float = 0.8        # 0 = greedy
     top_p: float = 0.95             # nucleus sampling mass; 1.0 disables it
     top_k: int = 50                 # 0 disables it (SmolLM2's own generation config uses 50)
+    min_p: float = 0.0              # keep tokens with probability >= min_p x the top token's; 0 disables it
     max_new_tokens: int = 128       # completion budget per sample
     seed: int = 0                   # base seed; each sample's seed derives from it, the prompt and its index
     system_prompt: str | None = None  # None: the chat template's default system prompt
@@ -50,6 +54,17 @@ class SamplingParams:
             raise InputDataError(f"top_p must be in (0, 1], got {self.top_p}.", "Use 1.0 to disable nucleus sampling.")
         if self.top_k < 0:
             raise InputDataError(f"top_k must be >= 0, got {self.top_k}.", "Use 0 to disable top-k.")
+        if not 0 <= self.min_p < 1:
+            raise InputDataError(f"min_p must be in [0, 1), got {self.min_p}.",
+                                 "Use 0 to disable min-p (typical values: 0.02-0.2).")
+
+    def recorded(self) -> dict:
+        """The params as a run's config records them: min_p only when set, so runs made before min-p existed
+        (and their configs) still match a call that leaves it at 0."""
+        values = asdict(self)
+        if not self.min_p:
+            del values["min_p"]
+        return values
 
 
 def _hash(*parts) -> str:
@@ -120,6 +135,8 @@ def _hf_generate(loaded: LoadedModel, requests, stop_ids, params: SamplingParams
         torch.manual_seed(batch[0].seed % (2 ** 63))
         sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k) \
             if params.temperature > 0 else dict(do_sample=False)
+        if params.temperature > 0 and params.min_p > 0:
+            sampling["min_p"] = params.min_p
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=batch[0].max_new_tokens,
                                  pad_token_id=pad, eos_token_id=stop_ids, **sampling)
@@ -131,8 +148,8 @@ def _hf_generate(loaded: LoadedModel, requests, stop_ids, params: SamplingParams
 
 
 def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: int = 1, temperature: float = 0.8,
-             top_p: float = 0.95, top_k: int = 50, max_new_tokens: int = 128, seed: int = 0,
-             system_prompt: str | None = None, batch_size: int = 64, run=None, generation: int = 0,
+             top_p: float = 0.95, top_k: int = 50, min_p: float = 0.0, max_new_tokens: int = 128,
+             seed: int = 0, system_prompt: str | None = None, batch_size: int = 64, run=None, generation: int = 0,
              checkpoint_every: int | None = None, dtype: str = "auto", quantize: str | None = None,
              engine: str = "auto", max_cache_bytes: int = 1 << 30, shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """Sample `n_per_prompt` completions per prompt; return a DataFrame with SAMPLE_COLUMNS + prompt columns.
@@ -140,6 +157,8 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
     run: a `workbench.Run` (or path): rows are checkpointed into `gen-XXX/samples/` every
     `checkpoint_every` finished samples (default: 2 x batch_size) and already-present samples are skipped.
     engine: "fast" (continuous batching, Llama-family), "hf" (transformers generate) or "auto".
+    min_p: keep only tokens whose probability is >= min_p x the most likely token's (after temperature,
+    top-k and top-p, as transformers orders them); 0 (the default) disables it and leaves sample ids as before.
     quantize: None, or "int8" (W8A8 matmuls in the fast engine, ~2x faster here; see README for its cost).
     model: also a backend (`workbench.backends`): "openai:MODEL@URL", "llamacpp:PATH.gguf" or a Backend.
     shard: (index, count): generate only the prompts at positions index, index + count, ... (one worker's
@@ -147,7 +166,7 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
     """
     from .backends import get_backend, is_backend_spec
 
-    params = SamplingParams(n_per_prompt, temperature, top_p, top_k, max_new_tokens, seed, system_prompt)
+    params = SamplingParams(n_per_prompt, temperature, top_p, top_k, min_p, max_new_tokens, seed, system_prompt)
     params.check()
     prompts = as_prompts(prompts)
     if batch_size <= 0:
@@ -185,7 +204,7 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
                                                   + max_new_tokens)
         slots = max(1, min(batch_size, max_cache_bytes // max(per_slot, 1)))
         runner = loaded.fast_engine(quantize)  # built once per model and quantize, shared with the graders
-        finished_iter = runner.run(requests, stops, temperature, top_k, top_p, slots=slots)
+        finished_iter = runner.run(requests, stops, temperature, top_k, top_p, slots=slots, min_p=min_p)
     else:
         finished_iter = _hf_generate(loaded, requests, stops, params, batch_size)
 
@@ -233,7 +252,7 @@ def _open_run(run, prompts: pd.DataFrame, model_setup: dict, params: SamplingPar
     from .store import Run
 
     run = run if isinstance(run, Run) else Run(run)
-    setup = {**model_setup, **asdict(params), "prompts": len(prompts),
+    setup = {**model_setup, **params.recorded(), "prompts": len(prompts),
              "prompt_set": _hash(list(prompts["prompt_id"]), list(prompts["prompt"]))[:16]}
     tasks = sorted(set(prompts["task"])) if "task" in prompts.columns else ["prompts"]
     run.check_config(run.config_key("generate", "+".join(map(str, tasks)), generation), setup)
@@ -244,15 +263,23 @@ def _sample_identity(model_key: tuple, params: SamplingParams, prompt: dict, ind
     """A sample's id (hash of the model, the prompt, the sampling params, the base seed and the index: what a
     rerun matches to skip finished samples) and its own seed (from the base seed, prompt_id and index).
     One scheme for the embedded engine and every backend; `model_key` is what names the model there."""
-    sample_id = _hash(*model_key, prompt["prompt"], bool(prompt["chat"]), params.temperature, params.top_p,
-                      params.top_k, params.max_new_tokens, params.system_prompt, params.seed, index)[:20]
+    sample_id = _hash(*_identity_parts(model_key, params, prompt, index))[:20]
     return sample_id, int(_hash(params.seed, prompt["prompt_id"], index)[:15], 16)
 
 
+def _identity_parts(model_key: tuple, params: SamplingParams, prompt: dict, index: int) -> tuple:
+    """What a sample id hashes. min_p joins only when set: with min_p 0 the parts (and so the ids of runs made
+    before min-p existed, which a rerun must find to resume) are exactly the old ones."""
+    min_p = (params.min_p,) if params.min_p else ()
+    return (*model_key, prompt["prompt"], bool(prompt["chat"]), params.temperature, params.top_p, params.top_k,
+            *min_p, params.max_new_tokens, params.system_prompt, params.seed, index)
+
+
 def _constant_columns(model: str, params: SamplingParams, dtype, quantize, engine: str) -> dict:
-    """The columns every row of one generate() call shares."""
+    """The columns every row of one generate() call shares (a `min_p` column only when min-p is on)."""
+    min_p = {"min_p": params.min_p} if params.min_p else {}
     return {"model": model, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
-            "max_new_tokens": params.max_new_tokens, "system_prompt": params.system_prompt, "dtype": dtype,
+            **min_p, "max_new_tokens": params.max_new_tokens, "system_prompt": params.system_prompt, "dtype": dtype,
             "quantize": quantize, "engine": engine}
 
 
@@ -273,8 +300,8 @@ def collect_samples(new_rows: list[dict], run, generation: int, prompts: pd.Data
         frame = frame.sort_values(["_key"]).drop(columns="_key").reset_index(drop=True)
     if len(frame) == 0:
         return pd.DataFrame(columns=SAMPLE_COLUMNS)
-    return frame[[c for c in SAMPLE_COLUMNS if c in frame.columns] +
-                 [c for c in frame.columns if c not in SAMPLE_COLUMNS and c != "_key"]]
+    return frame[[c for c in _COLUMN_ORDER if c in frame.columns] +
+                 [c for c in frame.columns if c not in _COLUMN_ORDER and c != "_key"]]
 
 
 def _collect(finished: Iterator, rows: list[dict], constant: dict, tokenizer, run, generation: int, requests,
@@ -343,7 +370,8 @@ def _generate_with_backend(prompts: pd.DataFrame, backend, params: SamplingParam
             if sample_id in done:
                 continue
             requests.append(Request(len(rows), prompt["prompt"], bool(prompt["chat"]), params.system_prompt,
-                                    sample_seed, params.max_new_tokens, params.temperature, params.top_p, params.top_k))
+                                    sample_seed, params.max_new_tokens, params.temperature, params.top_p, params.top_k,
+                                    params.min_p))
             rows.append({**prompt, "sample_id": sample_id, "sample_index": index, "prompt_truncated": False,
                          "seed": params.seed, "sample_seed": sample_seed})
     constant = _constant_columns(backend.name, params, backend.engine, None, backend.engine)

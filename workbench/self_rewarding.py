@@ -88,24 +88,10 @@ def with_judge_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def changes(frame: pd.DataFrame, metrics: Iterable[str]) -> pd.DataFrame:
-    """Per arm and metric: the change from generation 0 to the last generation, paired per seed, as mean and
-    95% t-interval half-width over seeds (`experiments.mean_ci`), and whether the interval excludes 0."""
-    from .experiments import mean_ci
+    """`workbench.experiments.paired_changes`: generation 0 to the last, paired per seed, with 95% intervals."""
+    from .experiments import paired_changes
 
-    rows = []
-    for arm, group in frame.groupby("arm", sort=False):
-        for metric in metrics:
-            if metric not in group.columns:
-                continue
-            per_seed = []
-            for _, seed_rows in group.groupby("seed"):
-                values = pd.to_numeric(seed_rows.sort_values("generation")[metric], errors="coerce").dropna()
-                per_seed.append(float(values.iloc[-1] - values.iloc[0]) if len(values) >= 2 else np.nan)
-            mean, half = mean_ci(per_seed)
-            if np.isfinite(mean):
-                rows.append({"arm": arm, "metric": metric, "change_mean": mean, "change_ci95": half,
-                             "clear": bool(np.isfinite(half) and abs(mean) > half), "per_seed": per_seed})
-    return pd.DataFrame(rows)
+    return paired_changes(frame, metrics)
 
 
 def reward_hacking_verdict(table: pd.DataFrame, arm: str) -> str:

@@ -226,6 +226,29 @@ def seed_curves(summary: pd.DataFrame, metric: str, by: str = "arm", title: str 
     return figure
 
 
+def perplexity_histograms(frame: pd.DataFrame, title: str = "per-passage perplexity of held-out real text",
+                          bins: int = 40):
+    """Shumailov et al. (2024)'s figure: the distribution of per-passage perplexity on held-out real text, one
+    outline per generation (a `generation` and a `perplexity` column, e.g. `model_collapse.perplexity_distribution`),
+    on a log axis. Collapse shows as the later generations' mass moving right and their right tail growing."""
+    go = _go()
+    figure = go.Figure()
+    values = frame["perplexity"].to_numpy(float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if not len(values):
+        return figure.update_layout(title=title + " (no passages)")
+    edges = np.logspace(np.log10(values.min()), np.log10(values.max()), bins + 1)
+    generations = sorted(frame["generation"].unique())
+    for generation in generations:
+        counts, _ = np.histogram(frame.loc[frame["generation"] == generation, "perplexity"], bins=edges)
+        share = counts / max(counts.sum(), 1)
+        shade = int(40 + 180 * generations.index(generation) / max(len(generations) - 1, 1))
+        figure.add_trace(go.Scatter(x=np.sqrt(edges[:-1] * edges[1:]), y=share, mode="lines", line_shape="hvh",
+                                    name=f"generation {generation}", line=dict(color=f"rgb({shade}, 60, {255 - shade})")))
+    return figure.update_layout(title=title, xaxis_type="log", xaxis_title="perplexity of one passage (log scale)",
+                                yaxis_title="share of passages", height=360, margin=dict(l=50, r=10, t=50, b=40))
+
+
 CATEGORY_COLORS = ["#e76f51", "#2a9d8f", "#264653", "#e9c46a", "#8d99ae", "#9467bd", "#f4a261", "#1f77b4",
                    "#8c564b", "#17becf"]  # status: rejected, accepted (the explorer's colours) come first
 MAP_WIDTH = 640  # px: the explorer's map tab; 10k points stay readable, and it fits a 1000 px notebook

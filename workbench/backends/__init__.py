@@ -49,6 +49,7 @@ class Request:
     temperature: float
     top_p: float
     top_k: int
+    min_p: float = 0.0              # >0: keep tokens with probability >= min_p x the top token's (0: off)
     logprobs: int = 0               # >0: return that many top logprobs for the first token (judging)
 
     def messages(self) -> list[dict]:

@@ -78,6 +78,8 @@ class LlamaCppBackend(Backend):
     def complete(self, request: Request) -> Completion:
         kwargs = dict(max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
                       top_k=request.top_k, seed=request.seed % (2 ** 31))
+        if request.min_p > 0:  # at 0, llama-cpp-python's own default (0.05) stays, as before min_p was a setting
+            kwargs["min_p"] = request.min_p
         with self._lock:
             llm = self.llm(logits_all=bool(request.logprobs))
             try:

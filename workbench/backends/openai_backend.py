@@ -147,8 +147,13 @@ class OpenAIBackend(Backend):
     def complete(self, request: Request) -> Completion:
         kwargs = dict(model=self.model, max_tokens=request.max_tokens, temperature=request.temperature,
                       top_p=request.top_p, seed=request.seed % (2 ** 31))
+        extra_body = {}
         if self.top_k and request.top_k > 0:
-            kwargs["extra_body"] = {"top_k": request.top_k}
+            extra_body["top_k"] = request.top_k
+        if request.min_p > 0:  # not an OpenAI parameter: vLLM, TGI and llama.cpp's server read it from the body
+            extra_body["min_p"] = request.min_p
+        if extra_body:
+            kwargs["extra_body"] = extra_body
         if request.chat:
             kwargs["messages"] = request.messages()
             if request.logprobs:
@@ -244,4 +249,5 @@ def _status_fix(status: int, backend: OpenAIBackend) -> str:
     if status == 404:
         return (f"Check the model name ({backend.model!r}) against the server's /v1/models, and that base_url "
                 "ends in /v1.")
-    return "Check the sampling settings (e.g. max_tokens within the model's context; top_k=false for hosted APIs)."
+    return ("Check the sampling settings (e.g. max_tokens within the model's context; top_k=false and min_p=0 for "
+            "hosted APIs).")

@@ -35,26 +35,46 @@ class Novelty:
 class Realism:
     """P(real) from a logistic regression on sentence embeddings, trained on real texts (label 1) versus
     synthetic texts (label 0, e.g. earlier samples); its cross-validated ROC AUC is in `.train_auc_`
-    (0.5 means the classifier cannot tell them apart: the synthetic text looks real to it)."""
+    (0.5 means the classifier cannot tell them apart: the synthetic text looks real to it).
 
-    def __init__(self, real_texts: Sequence[str], synthetic_texts: Sequence[str], name: str = "realism",
-                 C: float = 1.0, seed: int = 0):
-        if len(real_texts) < 2 or len(synthetic_texts) < 2:
-            raise InputDataError(f"Realism needs at least 2 real and 2 synthetic texts (got {len(real_texts)} "
-                                 f"and {len(synthetic_texts)}).", "Pass more texts, e.g. the corpus task's references.")
-        from sklearn.linear_model import LogisticRegression
+    With `synthetic_texts=None` it is the machine-text detector of a generation (the self-learning loop's
+    `realism` grader, Drayson et al. 2025): `score(samples)` fits on the real texts versus the samples
+    themselves and gives every sample the P(real) of a classifier that did not see it (`folds`-fold cross-fitting),
+    so a sample's score is never its own memorised label. Real texts are cut to the samples' median word count
+    first, so length alone does not give the synthetic text away."""
+
+    def __init__(self, real_texts: Sequence[str], synthetic_texts: Sequence[str] | None = None,
+                 name: str = "realism", C: float = 1.0, seed: int = 0, folds: int = 5):
+        self.name, self.C, self.seed, self.folds = name, C, seed, folds
+        self.real_texts = [str(t) for t in real_texts]
+        self.n_real = len(self.real_texts)
+        self._classifier = None
+        if synthetic_texts is None:  # cross-fitted on the samples score() gets
+            if self.n_real < 2:
+                raise InputDataError(f"Realism needs at least 2 real texts (got {self.n_real}).",
+                                     "Pass more real texts, e.g. the corpus task's references.")
+            return
+        x, y = self._data(self.real_texts, list(synthetic_texts))
         from sklearn.model_selection import cross_val_score
 
-        from ..embeddings import embed
-
-        self.name, self.C, self.seed = name, C, seed
-        self.n_real, self.n_synthetic = len(real_texts), len(synthetic_texts)
-        x = np.vstack([embed(list(real_texts)), embed(list(synthetic_texts))])
-        y = np.r_[np.ones(len(real_texts)), np.zeros(len(synthetic_texts))]
-        self._classifier = LogisticRegression(C=C, max_iter=1000, random_state=seed)
-        folds = int(min(5, len(real_texts), len(synthetic_texts)))
+        self.n_synthetic = len(synthetic_texts)
+        folds = int(min(5, self.n_real, self.n_synthetic))
+        self._classifier = self._new()
         self.train_auc_ = float(np.mean(cross_val_score(self._classifier, x, y, cv=folds, scoring="roc_auc")))
         self._classifier.fit(x, y)
+
+    def _new(self):
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=self.C, max_iter=1000, random_state=self.seed, class_weight="balanced")
+
+    def _data(self, real: list[str], synthetic: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        from ..embeddings import embed
+
+        if len(real) < 2 or len(synthetic) < 2:
+            raise InputDataError(f"Realism needs at least 2 real and 2 synthetic texts (got {len(real)} "
+                                 f"and {len(synthetic)}).", "Pass more texts, e.g. the corpus task's references.")
+        return np.vstack([embed(real), embed(synthetic)]), np.r_[np.ones(len(real)), np.zeros(len(synthetic))]
 
     def score(self, samples: pd.DataFrame) -> pd.Series:
         from ..embeddings import embed
@@ -62,8 +82,24 @@ class Realism:
         require_columns(samples, ["completion"], self.name)
         if len(samples) == 0:
             return pd.Series([], dtype=float, index=samples.index)
-        return pd.Series(self._classifier.predict_proba(embed(list(samples["completion"])))[:, 1],
-                         index=samples.index, dtype=float)
+        if self._classifier is not None:
+            return pd.Series(self._classifier.predict_proba(embed(list(samples["completion"])))[:, 1],
+                             index=samples.index, dtype=float)
+        return self._cross_fit(samples)
+
+    def _cross_fit(self, samples: pd.DataFrame) -> pd.Series:
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+        synthetic = [str(t) for t in samples["completion"]]
+        words = int(np.median([len(t.split()) for t in synthetic])) or 1
+        real = [" ".join(t.split()[:words]) for t in self.real_texts]
+        x, y = self._data(real, synthetic)
+        folds = int(min(self.folds, self.n_real, len(synthetic)))
+        split = StratifiedKFold(folds, shuffle=True, random_state=self.seed)
+        p_real = cross_val_predict(self._new(), x, y, cv=split, method="predict_proba")[:, 1]
+        self.n_synthetic, self.train_auc_ = len(synthetic), float(roc_auc_score(y, p_real))
+        return pd.Series(p_real[len(real):], index=samples.index, dtype=float)
 
 
 class RewardModel:

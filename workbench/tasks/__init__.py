@@ -3,7 +3,7 @@
 
     get_task("arithmetic", n=200, digits=2)     # verifiable, exact answers
     get_task("instructions", n=100)             # self-instruct seeds in data/seeds/
-    get_task("corpus", n=100)                   # continue real human text (pydoc_data.topics by default)
+    get_task("corpus", n=100)                   # continue real human text (CPython's own prose by default)
     get_task("file", path="my_prompts.jsonl")   # your own prompts (JSONL/CSV/parquet, a `prompt` column)
 """
 from __future__ import annotations

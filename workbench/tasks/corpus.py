@@ -1,11 +1,16 @@
 """Continue real human-written text: the collapse task.
 
-Default corpus: the Python reference manual's topic texts in `pydoc_data.topics`, which ship with
-CPython, so the task works offline anywhere. Any .txt/JSONL/CSV/parquet file (a `text` column), a
-saved `datasets` folder, or a `datasets.Dataset` works too.
+Default corpus ("python"): human prose that ships with CPython, so the task works offline anywhere: the
+reference manual's topic texts in `pydoc_data.topics` ("pydoc", ~320 passages) and the prose paragraphs of
+the standard library's docstrings ("docstrings", ~930 passages, read from the source files with `ast`,
+nothing imported; tests and GUI/demo packages left out). Together ~1,250 passages, so the content-hash
+held-out split (20%) holds ~250 passages that no training prompt ever comes from. The docstrings belong to
+the running Python, so another Python version gives a slightly different corpus (the run records the count).
+Any .txt/JSONL/CSV/parquet file (a `text` column), a saved `datasets` folder, or a `datasets.Dataset` works too.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -17,15 +22,54 @@ from ..errors import InputDataError
 from .files import read_table
 
 
-def default_texts() -> list[str]:
+BUILT_IN_SOURCES = ("python", "pydoc", "docstrings")
+# standard-library folders whose docstrings are not reference prose (tests, GUIs, demos, vendored code)
+_SKIPPED_STDLIB = {"site-packages", "test", "tests", "idlelib", "lib2to3", "tkinter", "turtledemo", "ensurepip",
+                   "pydoc_data", "__pycache__"}
+
+
+def pydoc_texts() -> list[str]:
     from pydoc_data.topics import topics
 
     return [topics[key] for key in sorted(topics)]
 
 
+@functools.lru_cache(maxsize=1)
+def docstring_texts() -> tuple[str, ...]:
+    """Every module, class and function docstring of the running Python's standard library, in file order
+    (parsed with `ast`, so nothing is imported; ~4 s, once per process)."""
+    import ast
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = []
+    for path in sorted(stdlib.rglob("*.py")):
+        if _SKIPPED_STDLIB & set(path.relative_to(stdlib).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue  # a file this Python cannot parse (e.g. a bad-syntax test fixture) holds no prose we need
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                text = ast.get_docstring(node, clean=True)
+                if text:
+                    texts.append(text)
+    return tuple(texts)
+
+
+def default_texts(source: str = "python") -> list[str]:
+    """The built-in human text: "pydoc", "docstrings", or "python" (both)."""
+    if source == "pydoc":
+        return pydoc_texts()
+    if source == "docstrings":
+        return list(docstring_texts())
+    return pydoc_texts() + list(docstring_texts())
+
+
 def _texts(source) -> list[str]:
-    if source is None or source == "pydoc":
-        return default_texts()
+    if source is None or (isinstance(source, str) and source in BUILT_IN_SOURCES):
+        return default_texts(source or "python")
     if hasattr(source, "column_names"):  # a datasets.Dataset
         if "text" not in source.column_names:
             raise InputDataError(f"The dataset has no 'text' column (columns: {source.column_names}).",
@@ -64,11 +108,15 @@ def split_of(text: str, heldout_fraction: float) -> str:
 
 
 def corpus(n: int | None = 100, source=None, prefix_words: int = 32, reference_words: int = 64,
-           split: str = "train", heldout_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
-    """Prompts = the first `prefix_words` words of real passages; reference = the next `reference_words`."""
+           split: str = "train", heldout_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """Prompts = the first `prefix_words` words of real passages; reference = the next `reference_words`.
+    `source`: None/"python" (built in, see the module docstring), "pydoc", "docstrings", a file, a saved
+    dataset folder or a `datasets.Dataset`. Asking the held-out split for more passages than it has is an error
+    (a held-out set silently smaller than asked would change what a perplexity means)."""
     if split not in ("train", "heldout", "all"):
         raise InputDataError(f"corpus: unknown split {split!r}.", "Use 'train', 'heldout' or 'all'.")
     chunks = passages(_texts(source), min_words=prefix_words + 8)
+    openings = {" ".join(c.split()[:prefix_words]) for c in chunks if split_of(c, heldout_fraction) == "heldout"}
     if split != "all":
         chunks = [c for c in chunks if split_of(c, heldout_fraction) == split]
     if not chunks:
@@ -79,9 +127,22 @@ def corpus(n: int | None = 100, source=None, prefix_words: int = 32, reference_w
     # the reference manual repeats some paragraphs across topics; a repeat would reuse a prompt_id.
     # Dropped after the shuffle so the first occurrences keep their order (and earlier runs their prompts).
     chunks = list(dict.fromkeys(chunks))
+    if split == "train":  # a passage that opens like a held-out one (a docstring repeated with another ending)
+        # would train on a held-out prompt: left out, after the shuffle, so the others keep their order
+        chunks = [c for c in chunks if " ".join(c.split()[:prefix_words]) not in openings]
+    # two passages with the same opening would be one prompt twice: the first (after the shuffle) stays
+    seen: set[str] = set()
+    chunks = [c for c in chunks if not (" ".join(c.split()[:prefix_words]) in seen
+                                        or seen.add(" ".join(c.split()[:prefix_words])))]
     n = len(chunks) if n is None else n
     if n <= 0:
         raise InputDataError(f"corpus: n must be positive, got {n}.", "Pass n >= 1.")
+    if split == "heldout" and n > len(chunks):
+        raise InputDataError(
+            f"corpus: the held-out split has {len(chunks)} passages of more than {prefix_words + 8} words "
+            f"(heldout_fraction {heldout_fraction}), fewer than the {n} asked for.",
+            f"Ask for at most {len(chunks)} (e.g. eval.heldout_texts: null takes them all), use a larger corpus "
+            "source, or raise heldout_fraction.")
     rows = []
     for index, chunk in enumerate(chunks[:n]):
         words = chunk.split()

@@ -1,0 +1,115 @@
+"""The fast engine's scoring passes: one forward over whole sequences, no sampling. `next_token_logits`
+(a judge's verdict token), `token_logprobs` (perplexity, the self-judge's and the perplexity grader's
+scores) and `token_statistics` (self-certainty). Sequences run in batches of similar length, and the scored
+positions of a batch go through the LM head together with log p = logit - logsumexp(logits), so no
+[positions, vocab] log-softmax is written: 1.5-2.2x the earlier per-row scoring on 2 cores (README: Speed).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .engine import LlamaEngine, left_padded, right_padded  # noqa: F401 (LlamaEngine: annotations)
+
+
+@torch.inference_mode()
+def next_token_logits(engine: LlamaEngine, sequences: list[list[int]], batch_size: int = 32,
+                      on_batch=None) -> torch.Tensor:
+    """Logits [len(sequences), vocab] of the token after each sequence."""
+    P, prefix = engine.common_prefix(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a batch
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        batch = [sequences[i] for i in order[start:start + batch_size]]
+        tokens, lengths = right_padded(batch, P)
+        out.append(engine.logits(engine.prefill(tokens, lengths, prefix=prefix)))
+        if on_batch:
+            on_batch(len(batch))
+    logits = torch.cat(out)
+    return logits[torch.argsort(torch.tensor(order))]
+
+
+# rows of logits [rows, vocab] held at once by the scoring passes: 1024 x 49152 fp32 is 200 MB (and as
+# much again for logsumexp's temporary)
+SCORE_CHUNK = 1024
+
+
+def _length_batches(lengths: list[int], batch_size: int, slack: float = 0.25, min_slack: int = 64) -> list[list[int]]:
+    """Indices of the sequences with these lengths in batches for right-padded forwards: sorted by length
+    (stable), at most `batch_size` a batch, and a batch ends early where the next sequence would make its padding
+    exceed max(slack x its real tokens, min_slack): a long outlier then pads no batch of short sequences (with
+    fixed batches of 32 the held-out corpus ran 2.1x its real positions, with these 1.16x)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    real = 0
+    for i in order:
+        n = lengths[i]  # the longest so far: the batch's width once i joins it
+        if batches and len(batches[-1]) < batch_size and \
+                (len(batches[-1]) + 1) * n - (real + n) <= max(slack * (real + n), min_slack):
+            batches[-1].append(i)
+            real += n
+        else:
+            batches.append([i])
+            real = n
+    return batches
+
+
+def _score(engine: LlamaEngine, sequences: list[list[int]], score_from: list[int], batch_size: int, on_batch,
+           statistics: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The scoring pass behind `token_logprobs` and `token_statistics`: per sequence (in the given order), the
+    log-probabilities of its tokens from max(score_from, 1) on, and with `statistics` the mean log-probability
+    over the vocabulary at those positions (else None); float32 arrays, float64 empty ones where nothing is
+    scored. Sequences run in batches of similar length (`_length_batches`); the scored positions of a batch go
+    through the LM head together, `SCORE_CHUNK` rows at a time, and log p = logit - logsumexp(logits), so no
+    [rows, vocab] log-softmax is written. `on_batch(n)` after every batch of n sequences."""
+    out: list = [None] * len(sequences)
+    for index in _length_batches([len(seq) for seq in sequences], batch_size):
+        batch = [sequences[i] for i in index]
+        tokens, lengths = right_padded(batch)
+        hidden = engine.prefill(tokens, lengths, all_positions=True)               # [B, T, hidden]
+        B, T = tokens.shape
+        # flat positions (row * T + t) whose hidden state predicts a scored token: t in [first - 1, len - 1)
+        positions, counts = [], []
+        for row, (i, seq) in enumerate(zip(index, batch)):
+            first = max(score_from[i], 1)  # the first token has no prediction
+            count = max(len(seq) - first, 0)
+            positions.append(torch.arange(row * T + first - 1, row * T + first - 1 + count))
+            counts.append(count)
+        flat = torch.cat(positions)
+        chosen = torch.empty(len(flat), dtype=torch.float32)
+        mean = torch.empty(len(flat), dtype=torch.float32) if statistics else None
+        if len(flat):
+            states = hidden.reshape(B * T, -1)[flat]
+            targets = tokens.reshape(-1)[flat + 1]
+            for c in range(0, len(flat), SCORE_CHUNK):
+                logits = engine.logits(states[c:c + SCORE_CHUNK])                    # [rows, vocab] float32
+                lse = torch.logsumexp(logits, dim=-1)
+                chosen[c:c + SCORE_CHUNK] = logits.gather(-1, targets[c:c + SCORE_CHUNK, None])[:, 0] - lse
+                if statistics:
+                    mean[c:c + SCORE_CHUNK] = logits.mean(-1) - lse
+        for i, count, logp, avg in zip(index, counts, chosen.split(counts),
+                                       mean.split(counts) if statistics else [None] * len(counts)):
+            if not count:
+                out[i] = (np.zeros(0), np.zeros(0) if statistics else None)
+            else:
+                out[i] = (logp.numpy(), avg.numpy() if statistics else None)
+        if on_batch:
+            on_batch(len(batch))
+    return out
+
+
+@torch.inference_mode()
+def token_logprobs(engine: LlamaEngine, sequences: list[list[int]], score_from: list[int], batch_size: int = 8,
+                   on_batch=None) -> list[np.ndarray]:
+    """For each sequence, log p(token_t | tokens_<t) for t in [score_from, len): the completion's tokens."""
+    return [chosen for chosen, _ in _score(engine, sequences, score_from, batch_size, on_batch, False)]
+
+
+@torch.inference_mode()
+def token_statistics(engine: LlamaEngine, sequences: list[list[int]], score_from: list[int], batch_size: int = 8,
+                     on_batch=None) -> list[dict]:
+    """For each sequence and each position t in [score_from, len): "logprob", log p(token_t | tokens_<t), and
+    "mean_logprob", the mean of log p(v | tokens_<t) over the whole vocabulary (what self-certainty needs:
+    KL(uniform || p) = -log V - mean_logprob). Both from the same forward pass as `token_logprobs`."""
+    return [{"logprob": chosen, "mean_logprob": mean}
+            for chosen, mean in _score(engine, sequences, score_from, batch_size, on_batch, True)]
