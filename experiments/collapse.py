@@ -63,7 +63,9 @@ def markdown(summary, fields: dict) -> str:
                                                                          values="mean ± 95%")
         wide = wide.reindex(index=list(dict.fromkeys(versus["arm"])),
                             columns=[m for m in dict.fromkeys(versus["metric"])]).reset_index()
-        parts += ["Each arm minus `replace` at the last generation, paired per seed:", markdown_table(wide)]
+        wide.insert(1, "versus", [versus.loc[versus["arm"] == arm, "versus"].iloc[0] for arm in wide["arm"]])
+        parts += ["Each arm minus its reference arm (`replace`; a detector-weighted arm: replace at its own "
+                  "decoding) at the last generation, paired per seed:", markdown_table(wide)]
     parts.append("\n".join(f"- {text}" for text in fields["verdicts"].values()))
     return "\n\n".join(parts)
 

@@ -95,6 +95,24 @@ def command_line(name: str, args) -> str:
             + ("" if args.seeds == [0, 1, 2] else f" --seeds {','.join(map(str, args.seeds))}"))
 
 
+def busy_seconds(folders, gap: float = 300.0) -> float:
+    """The work recorded in the run `folders`: every ledger entry's time, all folders together
+    (they ran one after another), and the gaps between consecutive entries summed where shorter than `gap`
+    seconds (a longer gap is a pause between pieces: the experiment was stopped and later resumed). An experiment
+    run in pieces reports its whole cost this way."""
+    from datetime import datetime
+
+    times = []
+    for ledger in (ledger for folder in folders for ledger in Path(folder).rglob("ledger.jsonl")):
+        for line in ledger.read_text().splitlines():
+            try:
+                times.append(datetime.fromisoformat(json.loads(line)["time"].replace("Z", "+00:00")).timestamp())
+            except (ValueError, KeyError, TypeError):
+                continue
+    times.sort()
+    return float(sum(b - a for a, b in zip(times, times[1:]) if b - a < gap))
+
+
 def write(name: str, frame, summary, args, started: float, markdown_body: str, extra: dict | None = None,
           interval: str = "mean ± 95% t-interval half-width across seeds") -> str:
     """<out>/<name>.csv (the long table), <name>.json (summary + machine + seconds + extra), <name>.md
@@ -106,8 +124,11 @@ def write(name: str, frame, summary, args, started: float, markdown_body: str, e
     seconds = time.perf_counter() - started
     command = command_line(name, args)
     seeds = ", ".join(map(str, args.seeds))
+    busy = busy_seconds(args.runs_folders) if getattr(args, "runs_folders", None) else None
+    pieces = (f" ({busy / 60:.1f} min of the runs' own work, summed from their ledgers over every piece it ran in)"
+              if busy and busy > 1.5 * seconds else "")
     markdown = (markdown_body + "\n\n"
-                f"Made by `{command}` in {seconds / 60:.1f} min on {machine()['cpu']} ({machine()['cores']} cores), "
+                f"Made by `{command}` in {seconds / 60:.1f} min{pieces} on {machine()['cpu']} ({machine()['cores']} cores), "
                 f"seeds {seeds} ({interval}), {time.strftime('%Y-%m-%d')}.\n")
     (out / f"{name}.md").write_text(markdown)
     (out / f"{name}.json").write_text(json.dumps(
@@ -137,9 +158,13 @@ def run_experiment(name: str, make_configs, columns: list[str], doc: str, metric
 
     started = time.perf_counter()
     runs = Path(args.runs) if args.runs else ROOT / "data" / "runs" / "experiments" / (name + ("-smoke" if args.smoke else ""))
+    args.runs_folders = None  # set below, once the arms' folders are known
     args.out = args.out or str(runs / "results" if args.smoke else RESULTS)
     configs = seed_configs(make_configs, runs, args.seeds, smoke=args.smoke,
                            **({"model": args.model} if args.model else {}))
+    # the arms' own folders and each seed's shared base evaluation (not other arms that may lie beside them)
+    args.runs_folders = [Path(c.run) for arms in configs.values() for c in arms.values()] + \
+        sorted({p for arms in configs.values() for c in arms.values() for p in Path(c.run).parent.glob("_base_eval*")})
     if args.track is not None:  # one tracker run per (arm, seed), grouped by arm; the run records are unchanged
         track_experiment(configs, project=args.track or name + ("-smoke" if args.smoke else ""))
     frame = run_seeds(configs, say=lambda text: print(text, flush=True), share_base_eval=share_base_eval)

@@ -96,26 +96,34 @@ def collapse_configs(root: str | Path, generations: int = 5, n_prompts: int = 32
     return configs
 
 
-def versus(frame: pd.DataFrame, metrics: Iterable[str], reference: str = "replace") -> pd.DataFrame:
-    """Per arm (not `reference`) and metric: the arm's last generation minus the reference arm's last
-    generation, paired per seed (both start from the same base model), as mean, 95% half-width over seeds and
-    whether the interval excludes 0 (`clear`)."""
+# the arm a detector-weighted arm is compared with: replace at the same decoding (else `replace`)
+SAME_DECODING = {"detector_replace_temp_0.7": "replace_temp_0.7", "detector_replace": "replace"}
+
+
+def versus(frame: pd.DataFrame, metrics: Iterable[str], reference: str = "replace",
+           references: dict | None = None) -> pd.DataFrame:
+    """Per arm (not its reference) and metric: the arm's last generation minus its reference arm's last
+    generation (`references.get(arm, reference)`, default SAME_DECODING: a detector-weighted arm against
+    replace at its own decoding), paired per seed (both start from the same base model), as mean, 95%
+    half-width over seeds and whether the interval excludes 0 (`clear`)."""
     from .experiments import mean_ci
 
+    references = SAME_DECODING if references is None else references
     last = frame.sort_values("generation").groupby(["arm", "seed"]).tail(1).set_index(["arm", "seed"])
     rows = []
     for arm in dict.fromkeys(frame["arm"]):
-        if arm == reference or reference not in last.index.get_level_values(0):
+        against = references.get(arm, reference)
+        if arm == against or against not in last.index.get_level_values(0):
             continue
         for metric in metrics:
             if metric not in last.columns:
                 continue
-            seeds = sorted(set(last.loc[arm].index) & set(last.loc[reference].index))
+            seeds = sorted(set(last.loc[arm].index) & set(last.loc[against].index))
             diffs = [float(pd.to_numeric(last.loc[(arm, s), metric], errors="coerce"))
-                     - float(pd.to_numeric(last.loc[(reference, s), metric], errors="coerce")) for s in seeds]
+                     - float(pd.to_numeric(last.loc[(against, s), metric], errors="coerce")) for s in seeds]
             mean, half = mean_ci(diffs)
             if np.isfinite(mean):
-                rows.append({"arm": arm, "metric": metric, "versus": reference, "difference_mean": mean,
+                rows.append({"arm": arm, "metric": metric, "versus": against, "difference_mean": mean,
                              "difference_ci95": half, "clear": bool(np.isfinite(half) and abs(mean) > half),
                              "per_seed": diffs})
     return pd.DataFrame(rows)
@@ -145,7 +153,7 @@ def collapse_verdicts(changes: pd.DataFrame, against: pd.DataFrame) -> dict[str,
         versus_rows = against[against["arm"] == arm] if len(against) else against
         clear = versus_rows[versus_rows["clear"]] if len(versus_rows) else versus_rows
         if len(versus_rows):
-            parts.append("against replace at the last generation: " + (
+            parts.append(f"against {versus_rows['versus'].iloc[0]} at the last generation: " + (
                 "; ".join(f"{r.metric} {r.difference_mean:+.3g} ± {r.difference_ci95:.2g}" for r in clear.itertuples())
                 if len(clear) else "no difference larger than the noise"))
         out[arm] = f"{arm}: " + ". ".join(p for p in parts if p) + "."
