@@ -25,6 +25,12 @@ def experiment_script(name: str):
     return importlib.import_module(name)
 
 
+def smoke_argv(tmp_path: Path, model_dir) -> tuple[Path, Path, list[str]]:
+    """The run folder, the results folder and the command line of an experiment's smoke on `model_dir`."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    return runs, out, ["--smoke", "--runs", str(runs), "--out", str(out), "--model", str(model_dir)]
+
+
 def assert_rerun_writes_nothing(main, argv: list[str], runs: Path) -> None:
     """Run an experiment's `main(argv)` again over finished runs: it must resume (read every table back) and
     write nothing new into the run folders: no new parquet part, no ledger line."""

@@ -17,7 +17,7 @@ from workbench.metrics.collapse import (bootstrap_noise, collapse_flags, passage
                                         rare_token_prob, tail_report, unigram_entropy, vocab_coverage)
 from workbench.mix import detector_resample, detector_weights
 
-from conftest import assert_rerun_writes_nothing, experiment_script
+from conftest import assert_rerun_writes_nothing, experiment_script, smoke_argv
 
 
 def _scored(seed=0, passages=50, tokens=20, shift=0.0):
@@ -150,8 +150,7 @@ def test_collapse_smoke_six_arms_three_seeds_and_a_resume(tiny_model_dir, tmp_pa
     from workbench.store import Run
 
     collapse = experiment_script("collapse")
-    runs, out = tmp_path / "runs", tmp_path / "out"
-    argv = ["--smoke", "--runs", str(runs), "--out", str(out), "--model", str(tiny_model_dir)]
+    runs, out, argv = smoke_argv(tmp_path, tiny_model_dir)
     try:
         assert collapse.main(argv) == 0
         long = pd.read_csv(out / "collapse.csv")

@@ -3,14 +3,13 @@ self-graders and their audits against the verifier, and experiment 3's smoke thr
 every arm x 3 seeds, the tables it writes, and a rerun that resumes without new work."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from conftest import assert_rerun_writes_nothing, experiment_script
+from conftest import assert_rerun_writes_nothing, experiment_script, smoke_argv
 from workbench.errors import InputDataError
 from workbench.experiments import (LABEL_FREE_ARMS, label_free_configs, label_free_headline, mean_ci,
                                    summarize_seeds)
@@ -18,12 +17,6 @@ from workbench.loop import history, run
 from workbench.loop_config import LoopConfig
 from workbench.store import Run
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def _script(name: str):
-    """An experiment script's module (they import `common` from their own folder)."""
-    return experiment_script(name)
 
 
 def test_mean_ci_is_the_t_interval_and_summary_has_one_row_per_arm_and_generation():
@@ -64,7 +57,7 @@ def test_headline_is_the_paired_ratio_and_says_when_it_means_nothing():
 
 
 def test_seeds_arguments(tmp_path):
-    common = _script("common")
+    common = experiment_script("common")
     assert common.parse("x", []).seeds == [0, 1, 2]
     assert common.parse("x", ["--seeds", "3,5"]).seeds == [3, 5]
     assert common.parse("x", ["--seed", "4"]).seeds == [4]  # the old flag: one seed
@@ -107,9 +100,8 @@ def test_loop_audits_every_self_grader_against_the_verifier(tiny_model_dir, tmp_
 def test_label_free_smoke_every_arm_three_seeds_and_a_resume(tiny_model_dir, tmp_path):
     # the tiny random model of SmolLM2's shape: every stage of 6 arms x 3 seeds in about a minute (on the
     # real model the smoke takes ~10 min on 2 cores; notebook 06 runs it on the real model, fewer arms)
-    label_free = _script("label_free")
-    runs, out = tmp_path / "runs", tmp_path / "out"
-    argv = ["--smoke", "--runs", str(runs), "--out", str(out), "--model", str(tiny_model_dir)]
+    label_free = experiment_script("label_free")
+    runs, out, argv = smoke_argv(tmp_path, tiny_model_dir)
     try:
         assert label_free.main(argv) == 0
         long = pd.read_csv(out / "label_free.csv")

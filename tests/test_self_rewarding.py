@@ -2,17 +2,15 @@
 numbers, and its smoke through the script's entry point (every arm x 3 seeds, a resume without new work)."""
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import assert_rerun_writes_nothing, experiment_script, smoke_argv
 from workbench.self_rewarding import (SELF_REWARDING_ARMS, changes, reward_hacking_verdict, self_rewarding_configs,
                                       with_judge_columns)
 from workbench.store import Run
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def test_arms_pick_pairs_by_their_grader_and_train_with_dpo():
@@ -49,12 +47,8 @@ def test_the_verdict_says_reward_hacking_only_when_scores_rise_and_accuracy_does
 
 @pytest.mark.real_model
 def test_self_rewarding_smoke_every_arm_three_seeds_and_a_resume(tiny_model_dir, tmp_path):
-    sys.path.insert(0, str(EXPERIMENTS))
-    import importlib
-
-    script = importlib.import_module("self_rewarding")
-    runs, out = tmp_path / "runs", tmp_path / "out"
-    argv = ["--smoke", "--runs", str(runs), "--out", str(out), "--model", str(tiny_model_dir)]
+    script = experiment_script("self_rewarding")
+    runs, out, argv = smoke_argv(tmp_path, tiny_model_dir)
     try:
         assert script.main(argv) == 0
         long = pd.read_csv(out / "self_rewarding.csv")
@@ -68,9 +62,7 @@ def test_self_rewarding_smoke_every_arm_three_seeds_and_a_resume(tiny_model_dir,
                 assert Run(runs / f"seed-{seed}" / arm).metrics(0)["eval_shared_from"].endswith("_base_eval")
             assert "eval_shared_from" not in Run(runs / f"seed-{seed}" / "instructions_self_judge").metrics(0)
             assert (runs / f"seed-{seed}" / "self_judge" / "gen-000" / "pairs.parquet").exists()
-        parts = sorted(str(p.relative_to(runs)) for p in runs.rglob("*.parquet"))
-        assert script.main(argv) == 0  # resumes: nothing new written
-        assert sorted(str(p.relative_to(runs)) for p in runs.rglob("*.parquet")) == parts
+        assert_rerun_writes_nothing(script.main, argv, runs)  # resumes: no new part, no ledger line
         assert pd.read_csv(out / "self_rewarding.csv").equals(long)
     finally:
         shutil.rmtree(runs, ignore_errors=True)
