@@ -107,6 +107,17 @@ def split_of(text: str, heldout_fraction: float) -> str:
     return "heldout" if bucket < heldout_fraction else "train"
 
 
+def _first_per_opening(chunks: list[str], prefix_words: int) -> list[str]:
+    """The first passage of each opening (its first `prefix_words` words), in order."""
+    kept, seen = [], set()
+    for chunk in chunks:
+        opening = " ".join(chunk.split()[:prefix_words])
+        if opening not in seen:
+            seen.add(opening)
+            kept.append(chunk)
+    return kept
+
+
 def corpus(n: int | None = 100, source=None, prefix_words: int = 32, reference_words: int = 64,
            split: str = "train", heldout_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
     """Prompts = the first `prefix_words` words of real passages; reference = the next `reference_words`.
@@ -131,9 +142,7 @@ def corpus(n: int | None = 100, source=None, prefix_words: int = 32, reference_w
         # would train on a held-out prompt: left out, after the shuffle, so the others keep their order
         chunks = [c for c in chunks if " ".join(c.split()[:prefix_words]) not in openings]
     # two passages with the same opening would be one prompt twice: the first (after the shuffle) stays
-    seen: set[str] = set()
-    chunks = [c for c in chunks if not (" ".join(c.split()[:prefix_words]) in seen
-                                        or seen.add(" ".join(c.split()[:prefix_words])))]
+    chunks = _first_per_opening(chunks, prefix_words)
     n = len(chunks) if n is None else n
     if n <= 0:
         raise InputDataError(f"corpus: n must be positive, got {n}.", "Pass n >= 1.")
