@@ -62,8 +62,11 @@ test: models chromium llamacpp widgets
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--ServerApp.allow_root=True)
 
+# the one table for all three workloads (generation, judging, fine-tuning) in fp32 and, where the CPU has native
+# bf16, bf16; the detailed benchmarks run on their own: benchmarks/bench_generate.py, bench_judge.py,
+# bench_train.py, bench_dpo.py, bench_metrics.py, bench_explorer.py, bench_backends.py, profile_engine.py
 bench: models
-	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench.py --dtype both
 
 clean-venv:
 	rm -rf $(VENV)

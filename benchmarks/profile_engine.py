@@ -9,15 +9,14 @@ and its `LoadedModel.fast_engine()` (`workbench.engine.LlamaEngine`), with gener
 (temperature 0.8, top-k 50, top-p 0.95). Configurations: {16, 64, 128} slots (rows) x {48, 192}-token contexts,
 for two paths:
 
-decode   one step of `LlamaEngine.run`'s loop. `run` is one generator with its state inline, so the state is
-         built as `run` builds it, from the engine's own functions: `common_prefix` (the rows' prompts share all
-         but their last 4 tokens, as chat prompts share the template's system turn: one row's prefill, copied
-         into every slot as `admit` does), `prefill` into the KV cache in chunks of 16 rows (`admit`'s chunk),
-         and the first token drawn with `sample_tokens`. A profiled step then runs `run`'s loop body:
-         `decode` -> `logits` -> `uniforms` + `sample_tokens` -> `.tolist()` and appending each row's token
-         (`record`'s work). Positions are not advanced, so every step attends over the same span (context + 1)
-         and writes the same cache column; the cache holds context + 1 positions (`run` allocates prompt +
-         max_new_tokens, which changes only the stride of the cache slices attention reads).
+decode   one step of the continuous-batching loop (`workbench.batching`), on the scheduler's own state
+         (`_Rows`): `common_prefix` (the rows' prompts share all but their last 4 tokens, as chat prompts share
+         the template's system turn: one row's prefill, copied into every row as `_Rows.admit` does), `admit` in
+         batches of `PREFILL_ROWS`, which draws the first token. A profiled step then runs `_Rows.step`'s body:
+         `decode` -> `logits` -> `uniforms` + `sample_tokens` -> `.tolist()` and `record` per row. Positions
+         are not advanced, so every step attends over the same span (context + 1) and writes the same cache
+         column; the cache holds context + 1 positions (`run_requests` allocates prompt + max_new_tokens, which
+         changes only the stride of the cache slices attention reads).
          Tokens per step = slots.
 judge    one batch of `workbench.engine.token_logprobs` (the path of `LoadedModel.token_logprobs`, which the
          perplexity grader uses): `slots` sequences of `context` tokens (batch_size = slots), the second half of
@@ -37,7 +36,8 @@ charged to one category, decided by the *outermost* op it sits under (the op Pyt
 under `aten::linear` is a matmul, the `aten::softmax`/`aten::bmm` inside `aten::scaled_dot_product_attention`
 are attention) and by the step's scopes:
 
-  matmul     outermost op aten::linear, aten::matmul, aten::mm, aten::addmm, aten::bmm, aten::_int_mm: the
+  matmul     outermost op aten::linear, aten::matmul, aten::mm, aten::addmm, aten::bmm, aten::_int_mm,
+             mkldnn::_linear_pointwise (the engine's fp32 matmuls): the
              fused QKV, o_proj, fused gate/up, down_proj and the LM head (`engine.logits`)
   attention  aten::scaled_dot_product_attention (QK^T, mask, softmax, V, and any internal GQA expansion) and
              its children; aten::index_put_ / aten::_index_put_impl_ (the KV-cache writes); aten::repeat_interleave
@@ -90,11 +90,11 @@ SLOTS = (16, 64, 128)
 CONTEXTS = (48, 192)
 SAMPLING = dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.0)  # generate's defaults
 OWN_TOKENS = 4          # decode prompts: each row's own tail after the shared start
-PREFILL_CHUNK = 16      # Engine.run's prefill_chunk
 MIN_SHARED_PREFIX = 8   # Engine.run's min_shared_prefix
 CATEGORIES = ("matmul", "attention", "sampling", "overhead")
 
-MATMUL_OPS = {"aten::linear", "aten::matmul", "aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm"}
+MATMUL_OPS = {"aten::linear", "aten::matmul", "aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm",
+              "mkldnn::_linear_pointwise"}  # the last: the engine's fp32 matmuls (oneDNN)
 ATTENTION_OPS = {"aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
                  "aten::_scaled_dot_product_attention_math", "aten::index_put_", "aten::_index_put_impl_",
                  "aten::repeat_interleave", "aten::expand", "aten::index_select"}
@@ -111,55 +111,45 @@ def log(*parts) -> None:
 # ------------------------------------------------------------------------------------ workloads
 
 def decode_setup(engine, slots: int, context: int, seed: int):
-    """The state `Engine.run` holds after admitting `slots` prompts of `context` tokens, and a function that
-    runs one step of its loop on it (scoped for the profiler)."""
+    """The scheduler's state (`workbench.batching._Rows`) after admitting `slots` prompts of `context` tokens,
+    and a function that runs one step of its loop on it (scoped for the profiler)."""
     import numpy as np
     import torch
     from torch.profiler import record_function
 
-    from workbench.engine import right_padded, sample_tokens, uniforms
+    from workbench.batching import PREFILL_ROWS, _Rows
+    from workbench.engine import Request, sample_tokens, uniforms
 
     g = torch.Generator().manual_seed(seed)
     vocab = engine.embed.shape[0]
     own = min(OWN_TOKENS, context - 1)
     shared = torch.randint(vocab, (context - own,), generator=g).tolist()
     prompts = [shared + torch.randint(vocab, (own,), generator=g).tolist() for _ in range(slots)]
-    shape = (slots, engine.n_kv, context + 1, engine.head_dim)
-    cache_k = [torch.zeros(shape, dtype=engine.dtype) for _ in engine.layers]
-    cache_v = [torch.zeros(shape, dtype=engine.dtype) for _ in engine.layers]
-    seeds = np.arange(slots, dtype=np.uint64) + np.uint64(seed)
-    positions = torch.zeros(slots, dtype=torch.long)
-    next_tokens = torch.zeros(slots, dtype=torch.long)
-    P, prefix = engine.common_prefix(prompts, MIN_SHARED_PREFIX)
-    for start in range(0, slots, PREFILL_CHUNK):  # as Engine.run's admit()
-        slot_index = torch.arange(start, min(start + PREFILL_CHUNK, slots))
-        tokens, lengths = right_padded([prompts[s] for s in slot_index.tolist()], P)
-        if prefix:
-            for i in range(len(engine.layers)):
-                cache_k[i][slot_index, :, :P] = prefix[0][i]
-                cache_v[i][slot_index, :, :P] = prefix[1][i]
-        hidden = engine.prefill(tokens, lengths, cache_k, cache_v, slot_index, prefix=prefix)
-        positions[slot_index] = lengths + P
-        u = uniforms(seeds[slot_index.numpy()], np.zeros(len(slot_index)))
-        next_tokens[slot_index] = sample_tokens(engine.logits(hidden), u, **SAMPLING)
-    assert int(positions.min()) == int(positions.max()) == context, "prompts must fill the context exactly"
-    generated: list[list[int]] = [[] for _ in range(slots)]
-    stop_set = {2}
-    state = {"next_tokens": next_tokens}
+    rows = _Rows(engine, slots, context + 1)
+    rows.stop_set = set()  # no row stops: every step runs all `slots` rows
+    requests = [Request(i, prompt, seed + i, 1 << 30) for i, prompt in enumerate(prompts)]
 
-    def step() -> None:
+    def sample(hidden, seeds, steps):
+        return sample_tokens(engine.logits(hidden), uniforms(seeds, steps), **SAMPLING)
+    P, prefix = engine.common_prefix(prompts, MIN_SHARED_PREFIX)
+    for start in range(0, slots, PREFILL_ROWS):  # as run_requests' refill()
+        rows.admit(requests[start:start + PREFILL_ROWS], P, prefix, sample)
+    n = rows.active
+    assert n == slots and int(rows.positions[:n].min()) == int(rows.positions[:n].max()) == context, \
+        "prompts must fill the context exactly"
+
+    def step() -> None:  # _Rows.step, scoped, with the positions left where they are
         with record_function(SCOPE + "layers"):
-            span = int(positions.max()) + 1
-            hidden = engine.decode(state["next_tokens"], positions, cache_k, cache_v, span)
+            hidden = engine.decode(rows.next_tokens[:n], rows.positions[:n], rows.cache, context + 1)
         with record_function(SCOPE + "lm_head"):
             logits = engine.logits(hidden)
         with record_function(SCOPE + "sampling"):
-            u = uniforms(seeds, np.array([len(g) for g in generated]))
-            state["next_tokens"] = sample_tokens(logits, u, **SAMPLING)
+            steps = np.fromiter((len(g) for g in rows.generated), dtype=np.int64, count=n)
+            tokens = sample_tokens(logits, uniforms(rows.seeds[:n], steps), **SAMPLING)
         with record_function(SCOPE + "bookkeeping"):
-            for s, token in enumerate(state["next_tokens"].tolist()):  # record(): stop check, append
-                if token not in stop_set:
-                    generated[s].append(token)
+            rows.next_tokens[:n] = tokens
+            for row, token in enumerate(tokens.tolist()):
+                rows.record(row, token)
 
     return step, {"span": context + 1, "prefix_tokens": P}
 

@@ -270,3 +270,21 @@ def test_length_batches_bound_rows_and_padding():
             assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) - real <= max(0.25 * real, 64)
     assert _length_batches([5] * 10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # equal lengths: full batches
     assert _length_batches([], 8) == []
+
+
+def test_fp32_matmul_is_true_fp32_and_batch_invariant():
+    """The engine's fp32 matmul (oneDNN where torch has it): exact where bf16 inputs would not be, close to
+    F.linear elsewhere, and a row's result does not depend on the other rows of its batch (2 rows or more)."""
+    import torch.nn.functional as F
+
+    from workbench.engine import _ONEDNN_FP32, _linear
+
+    assert _ONEDNN_FP32 == torch.backends.mkldnn.is_available()  # on unless WORKBENCH_FP32_MATMUL=torch
+    x = torch.full((8, 576), 1 + 2 ** -12)           # not representable in bf16: rounds to 1 there
+    assert torch.equal(_linear(x, torch.ones(64, 576)), torch.full((8, 64), 576 * (1 + 2 ** -12)))
+    g = torch.Generator().manual_seed(0)
+    weight, rows = torch.randn(320, 576, generator=g), torch.randn(100, 576, generator=g)
+    full = _linear(rows, weight)
+    assert torch.allclose(full, F.linear(rows, weight), rtol=1e-4, atol=1e-3)
+    for n in (2, 7, 33, 64):
+        assert torch.equal(_linear(rows[:n], weight), full[:n])

@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--min-p", type=float, default=0.0, help="min-p sampling threshold; 0 disables it")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--system-prompt")
-    gen.add_argument("--batch-size", type=int, default=64)
+    gen.add_argument("--batch-size", type=int, default=None,
+                     help="sequences decoded together (default: from the model and free memory, at most 128)")
     gen.add_argument("--checkpoint-every", type=int)
     gen.add_argument("--dtype", default="auto")
     gen.add_argument("--quantize", choices=["int8"])

@@ -1,20 +1,23 @@
-"""A small continuous-batching decoder for Llama-architecture models (SmolLM2 among them).
+"""A small decoder for Llama-architecture models (SmolLM2 among them): the forward passes behind generation
+(`prefill`, `decode`, `logits`) and the scoring passes (`workbench/scoring.py`); the continuous-batching
+scheduler that drives it lives in `workbench/batching.py`.
 
 Why not `model.generate`: on this 2-core CPU, HF's batched generate spends most of each step on
 per-step Python and cache bookkeeping (its dynamic KV cache grows by concatenation), keeps stepping
 rows that already finished, and samples over the full vocabulary with a sort. This engine
-  * holds a preallocated KV cache of `slots` rows, one request per slot, each at its own position;
-  * refills a slot as soon as its request stops (continuous batching), so no step is spent on
-    finished rows, and shrinks the cache once the queue is empty;
-  * runs the model's own weights with fused QKV and gate/up matmuls in bf16 (or fp32), and
-    computes logits only for the positions it samples from;
+  * holds a preallocated KV cache, one request per row, each at its own position, K and V of a layer in
+    one tensor (written with one indexed copy per layer and step);
+  * runs the model's own weights with fused QKV and gate/up matmuls in bf16 (or fp32), rotary applied to
+    Q and K in one pass, and computes logits only for the positions it samples from;
   * draws one uniform per row per step from a counter-based RNG keyed by the sample's own seed,
-    so a sample's text does not depend on which other requests shared its batch.
+    so in fp32 a sample's text does not depend on which other requests shared its batch (in bf16 the
+    kernels round differently with the batch's shape, and texts drift apart: README, Speed).
 Its forward pass matches transformers' to float precision (tests compare logits and greedy text).
 Other architectures use HF `generate` (see `workbench/sampling.py`).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -119,8 +122,19 @@ class _Int8Weight:
         self.qweight_t = torch.round(weight / self.scale[:, None]).to(torch.int8).t().contiguous()  # [in, out]
 
 
+# fp32 matmuls through oneDNN rather than torch's default BLAS: ATen sends fp32 `F.linear` to MKL, which on this
+# AMD EPYC reaches ~200 GFLOP/s on a 2048^2 GEMM where oneDNN (the library torch already uses for bf16) reaches
+# ~460, in true fp32 (an input not representable in bf16 comes out exact; errors vs float64 are of the same order
+# as MKL's). It takes the plain weight (no repacked copy, so no extra memory) and any leading dims. bf16 `F.linear`
+# already runs on oneDNN. `WORKBENCH_FP32_MATMUL=torch` switches back (benchmarks compare the two).
+_ONEDNN_FP32 = (os.environ.get("WORKBENCH_FP32_MATMUL", "onednn") == "onednn" and torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
 def _linear(x: torch.Tensor, weight) -> torch.Tensor:
     if not isinstance(weight, _Int8Weight):
+        if _ONEDNN_FP32 and x.dtype == torch.float32 and x.numel():
+            return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
         return F.linear(x, weight)
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).float()
@@ -245,18 +259,37 @@ class LlamaEngine:
         return _linear(self._norm(hidden, self.final_norm), self.lm_head).float()
 
     # --------------------------------------------------------------------------- forward passes
+    # The KV cache of a layer is one tensor [rows, 2 x KV heads, length, head_dim]: keys in the first KV heads,
+    # values in the rest. The fused QKV matmul already lays K and V side by side, so a step writes both with
+    # one indexed copy per layer.
+    def new_cache(self, rows: int, length: int) -> list[torch.Tensor]:
+        """An empty per-layer KV cache of `rows` x `length` positions."""
+        return [torch.zeros(rows, 2 * self.n_kv, length, self.head_dim, dtype=self.dtype) for _ in self.layers]
+
+    def _qkv(self, x: torch.Tensor, norm_w, qkv_w, cos, sin, head_axis: int) -> torch.Tensor:
+        """Fused QKV of x with rotary applied to Q and K in place: [..., H + 2 KV, ..., D] with heads on
+        `head_axis` (1 for [B, heads, T, D], -2 for [S, heads, D])."""
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        qkv = _linear(self._norm(x, norm_w), qkv_w)
+        qkv = qkv.view(*x.shape[:-1], H + 2 * KV, D)
+        if head_axis == 1:
+            qkv = qkv.transpose(1, 2)
+        qk = qkv.narrow(head_axis, 0, H + KV)
+        qk.copy_(self._rotate(qk, cos, sin))
+        return qkv
+
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, cache_k=None, cache_v=None, slots=None,
-                prefix: tuple[list, list] | None = None, all_positions: bool = False) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, cache: list | None = None, slots=None,
+                prefix: list | None = None, all_positions: bool = False) -> torch.Tensor:
         """Run right-padded prompts [B, T] (real lengths `lengths`); return the last real hidden state [B, hidden]
         (or every position's [B, T, hidden] with `all_positions`).
 
-        With `prefix` (per-layer K and V of shape [1, KV, P, D], a prompt start shared by all rows, e.g. the
+        With `prefix` (per-layer K/V of shape [1, 2 KV, P, D], a prompt start shared by all rows, e.g. the
         system prompt), the rows continue it from position P. With a cache, K/V land in rows `slots`.
         """
         B, T = tokens.shape
-        H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        start = prefix[0][0].shape[2] if prefix else 0
+        H, KV = self.n_heads, self.n_kv
+        start = prefix[0].shape[2] if prefix else 0
         positions = torch.arange(start, start + T).expand(B, T)
         cos, sin = self._rope(positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -270,153 +303,62 @@ class LlamaEngine:
             mask = mask.unsqueeze(1)                                                  # [B, 1, T, start + T]
         x = self.embed[tokens]
         for i, (n1, qkv_w, o_w, n2, gu_w, down_w) in enumerate(self.layers):
-            qkv = _linear(self._norm(x, n1), qkv_w).view(B, T, H + 2 * KV, D).transpose(1, 2)
-            q, k, v = qkv.split([H, KV, KV], dim=1)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            if cache_k is not None:
-                cache_k[i][slots, :, start:start + T] = k
-                cache_v[i][slots, :, start:start + T] = v
+            qkv = self._qkv(x, n1, qkv_w, cos, sin, head_axis=1)                      # [B, H + 2 KV, T, D]
+            q, kv = qkv[:, :H], qkv[:, H:]
+            if cache is not None:
+                cache[i][slots, :, start:start + T] = kv
             if start:
-                k = torch.cat([prefix[0][i].expand(B, -1, -1, -1), k], dim=2)
-                v = torch.cat([prefix[1][i].expand(B, -1, -1, -1), v], dim=2)
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                kv = torch.cat([prefix[i].expand(B, -1, -1, -1), kv], dim=2)
+            attn = F.scaled_dot_product_attention(q, kv[:, :KV], kv[:, KV:], attn_mask=mask, is_causal=mask is None,
                                                   enable_gqa=True)
-            x = x + _linear(attn.transpose(1, 2).reshape(B, T, H * D), o_w)
+            x = x + _linear(attn.transpose(1, 2).reshape(B, T, H * self.head_dim), o_w)
             x = self._mlp(x, n2, gu_w, down_w)
         return x if all_positions else x[torch.arange(B), lengths - 1]
 
-    def common_prefix(self, sequences: list[list[int]], minimum: int = 8) -> tuple[int, tuple[list, list] | None]:
+    def common_prefix(self, sequences: list[list[int]], minimum: int = 8) -> tuple[int, list | None]:
         """(P, per-layer K/V) of the start all `sequences` share, or (0, None) when shorter than `minimum`."""
         P = _common_prefix_length(sequences) if len(sequences) > 1 else 0
         return (P, self.shared_prefix(sequences[0][:P])) if P >= minimum else (0, None)
 
-    def shared_prefix(self, prompt_ids: list[int]) -> tuple[list, list]:
-        """Per-layer K/V of a prompt start that every request shares, computed once."""
-        shape = (1, self.n_kv, len(prompt_ids), self.head_dim)
-        keys = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
-        values = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
-        self.prefill(torch.tensor([prompt_ids]), torch.tensor([len(prompt_ids)]), keys, values, torch.tensor([0]))
-        return keys, values
+    def shared_prefix(self, prompt_ids: list[int]) -> list[torch.Tensor]:
+        """Per-layer K/V [1, 2 KV, P, D] of a prompt start that every request shares, computed once."""
+        cache = self.new_cache(1, len(prompt_ids))
+        self.prefill(torch.tensor([prompt_ids]), torch.tensor([len(prompt_ids)]), cache, slice(0, 1))
+        return cache
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache_k, cache_v, span: int) -> torch.Tensor:
-        """One step for every slot: token [S] at position [S]; attends to cache[:, :, :span]."""
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: list, span: int) -> torch.Tensor:
+        """One step for rows 0..S-1 of the cache: token [S] at position [S]; attends to cache[:S, :, :span]."""
         S = tokens.shape[0]
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         group = H // KV
         cos, sin = self._rope(positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                                  # [S, 1, D]
-        mask = (torch.arange(span).unsqueeze(0) <= positions.unsqueeze(1)).view(S, 1, 1, span)
+        # an additive float mask, built once per step: SDPA would turn a boolean one into this in every layer
+        visible = (torch.arange(span).unsqueeze(0) <= positions.unsqueeze(1)).view(S, 1, 1, span)
+        mask = torch.zeros(S, 1, 1, span, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
         rows = torch.arange(S)
         x = self.embed[tokens]                                                         # [S, hidden]
         for i, (n1, qkv_w, o_w, n2, gu_w, down_w) in enumerate(self.layers):
-            qkv = _linear(self._norm(x, n1), qkv_w).view(S, H + 2 * KV, D)
-            q, k, v = qkv.split([H, KV, KV], dim=1)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            cache_k[i][rows, :, positions] = k
-            cache_v[i][rows, :, positions] = v
+            qkv = self._qkv(x, n1, qkv_w, cos, sin, head_axis=-2)                      # [S, H + 2 KV, D]
+            layer = cache[i]
+            layer[rows, :, positions] = qkv[:, H:]
             # one query per row: fold the query heads that share a KV head into the "length" axis,
             # so grouped-query attention needs no copy of K/V
             attn = F.scaled_dot_product_attention(
-                q.reshape(S, KV, group, D), cache_k[i][:, :, :span], cache_v[i][:, :, :span], attn_mask=mask)
+                qkv[:, :H].reshape(S, KV, group, D), layer[:S, :KV, :span], layer[:S, KV:, :span], attn_mask=mask)
             x = x + _linear(attn.reshape(S, H * D), o_w)
             x = self._mlp(x, n2, gu_w, down_w)
         return x
 
-    # --------------------------------------------------------------------------- the scheduler
     def run(self, requests: Sequence[Request], stop_ids: Sequence[int], temperature: float = 1.0,
-            top_k: int = 0, top_p: float = 1.0, slots: int = 64, prefill_chunk: int = 16,
-            min_shared_prefix: int = 8, min_p: float = 0.0) -> Iterator[Finished]:
-        """Generate every request; yield each as it finishes (not in request order)."""
-        # Longer than ~80 lines on purpose: the scheduler's state (KV caches, slots, seeds, positions) is
-        # shared by `record` and `admit` and rebound when finished rows are dropped; split across functions
-        # it would travel as a dozen arguments. The engine issue (a profiled, compiled decode step) reshapes it.
-        if not requests:
-            return
-        queue = list(reversed(requests))  # pop() from the end takes requests in the given order
-        max_len = max(len(r.prompt_ids) + r.max_new_tokens for r in requests)
-        S = max(1, min(slots, len(requests)))
-        shape = (S, self.n_kv, max_len, self.head_dim)
-        cache_k = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
-        cache_v = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
-        active: list[Request | None] = [None] * S
-        generated: list[list[int]] = [[] for _ in range(S)]
-        seeds = np.zeros(S, dtype=np.uint64)
-        positions = torch.zeros(S, dtype=torch.long)   # where the next token's K/V goes
-        next_tokens = torch.zeros(S, dtype=torch.long)
+            top_k: int = 0, top_p: float = 1.0, slots: int = 64, min_shared_prefix: int = 8,
+            min_p: float = 0.0) -> Iterator[Finished]:
+        """Generate every request with continuous batching (`workbench.batching`); yield each as it finishes
+        (not in request order)."""
+        from .batching import run_requests
 
-        def record(s: int, token: int) -> Finished | None:
-            """Append a sampled token to slot s; retire the slot when it stops or hits its budget."""
-            r = active[s]
-            if token in stop_set:
-                active[s] = None
-                return Finished(r.key, generated[s], "stop")
-            generated[s].append(token)
-            if len(generated[s]) >= r.max_new_tokens:
-                active[s] = None
-                return Finished(r.key, generated[s], "length")
-            return None
-
-        # the prompt start all requests share (the chat template's system turn, typically) is run once;
-        # each admitted request copies its K/V and runs only the rest of its prompt
-        P, prefix = self.common_prefix([r.prompt_ids for r in requests], min_shared_prefix)
-
-        def admit() -> list[Finished]:
-            done = []
-            free = [s for s in range(len(active)) if active[s] is None]
-            while free and queue:
-                batch = [(free.pop(0), queue.pop()) for _ in range(min(prefill_chunk, len(free), len(queue)))]
-                slot_index = torch.tensor([s for s, _ in batch])
-                tokens, lengths = right_padded([r.prompt_ids for _, r in batch], P)
-                if prefix:
-                    for i in range(len(self.layers)):
-                        cache_k[i][slot_index, :, :P] = prefix[0][i]
-                        cache_v[i][slot_index, :, :P] = prefix[1][i]
-                hidden = self.prefill(tokens, lengths, cache_k, cache_v, slot_index, prefix=prefix)
-                for s, r in batch:
-                    active[s] = r
-                    generated[s] = []
-                    seeds[s] = np.uint64(r.seed)
-                positions[slot_index] = lengths + P
-                u = uniforms(seeds[slot_index.numpy()], np.zeros(len(batch)))
-                first = sample_tokens(self.logits(hidden), u, temperature, top_k, top_p, min_p)
-                next_tokens[slot_index] = first
-                for (s, _), token in zip(batch, first.tolist()):
-                    if (f := record(s, token)) is not None:
-                        done.append(f)
-                        free.append(s)
-            return done
-
-        stop_set = set(int(t) for t in stop_ids)
-        yield from admit()
-        while any(a is not None for a in active):
-            span = int(positions.max()) + 1
-            hidden = self.decode(next_tokens, positions, cache_k, cache_v, span)
-            steps = np.array([len(g) for g in generated])
-            u = uniforms(seeds, steps)
-            next_tokens = sample_tokens(self.logits(hidden), u, temperature, top_k, top_p, min_p)
-            positions = positions + 1
-            for s, token in enumerate(next_tokens.tolist()):
-                if active[s] is not None and (f := record(s, token)) is not None:
-                    yield f
-            n_free = sum(a is None for a in active)
-            if n_free and queue and (n_free >= max(1, len(active) // 16) or n_free == len(active)):
-                yield from admit()
-            elif n_free and not queue and n_free * 2 >= len(active):
-                # nothing left to admit: drop finished rows from the cache so steps stay small
-                keep = [s for s, a in enumerate(active) if a is not None]
-                if not keep:
-                    break
-                index = torch.tensor(keep)
-                cache_k = [c.index_select(0, index) for c in cache_k]
-                cache_v = [c.index_select(0, index) for c in cache_v]
-                active = [active[s] for s in keep]
-                generated = [generated[s] for s in keep]
-                seeds, positions, next_tokens = seeds[keep], positions[index], next_tokens[index]
-            # free (finished, not yet refilled) slots step harmlessly on slot position 0
-            for s, a in enumerate(active):
-                if a is None:
-                    positions[s] = 0
+        return run_requests(self, requests, stop_ids, temperature, top_k, top_p, min_p, slots, min_shared_prefix)
 
 
 # ------------------------------------------------------------------------------- scoring helpers

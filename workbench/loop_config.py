@@ -47,16 +47,17 @@ class GenerateConfig:
     min_p: float = 0.0                  # keep tokens with p >= min_p x the top token's; 0 disables it
     max_new_tokens: int = 128           # completion budget per sample
     system_prompt: str | None = None    # None: the chat template's default system prompt
-    batch_size: int = 64                # sequences decoded together
-    checkpoint_every: int | None = None  # samples per part written to the run (None: 2 x batch_size)
+    batch_size: int | None = None       # sequences decoded together (None: from the model and free memory)
+    checkpoint_every: int | None = None  # samples per part written to the run (None: 2 x batch_size, or 128)
     engine: str = "auto"                # auto | fast (continuous batching) | hf (transformers generate)
     quantize: str | None = None         # None | int8 (fast engine only)
-    max_cache_bytes: int = 1 << 30      # KV-cache budget of the fast engine
+    max_cache_bytes: int | None = None  # KV-cache budget of the fast engine (None: a quarter of free memory)
 
     def check(self) -> None:
         SamplingParams(n_per_prompt=self.n_per_prompt, temperature=self.temperature, top_p=self.top_p,
                        top_k=self.top_k, min_p=self.min_p, max_new_tokens=self.max_new_tokens).check()
-        if self.batch_size < 1 or (self.checkpoint_every is not None and self.checkpoint_every < 1):
+        if (self.batch_size is not None and self.batch_size < 1) or \
+                (self.checkpoint_every is not None and self.checkpoint_every < 1):
             raise InputDataError("batch_size and checkpoint_every must be >= 1.", "E.g. batch_size: 64.")
         if self.engine not in ("auto", "fast", "hf") or self.quantize not in (None, "int8"):
             raise InputDataError(f"engine {self.engine!r} / quantize {self.quantize!r} unknown.",

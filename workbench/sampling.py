@@ -30,6 +30,9 @@ SAMPLE_COLUMNS = ["sample_id", "prompt_id", "sample_index", "prompt", "completio
 _COLUMN_ORDER = SAMPLE_COLUMNS[:SAMPLE_COLUMNS.index("top_k") + 1] + ["min_p"] + \
     SAMPLE_COLUMNS[SAMPLE_COLUMNS.index("top_k") + 1:]
 
+CHECKPOINT_EVERY = 128  # finished samples per part written to a run: 2 x batch_size where one is given, else this
+HF_BATCH_SIZE = 32      # transformers' generate: rows per left-padded batch, unless the caller says otherwise
+
 
 @dataclass
 class SamplingParams:
@@ -120,6 +123,10 @@ def encode_prompt(tokenizer, text: str, chat: bool, system_prompt: str | None) -
     return encode_text(tokenizer, text, chat, system_prompt)
 
 
+def _checkpoint_every(batch_size: int | None) -> int:
+    return 2 * batch_size if batch_size else CHECKPOINT_EVERY
+
+
 def _hf_generate(loaded: LoadedModel, requests, stop_ids, params: SamplingParams, batch_size: int):
     """Fallback for architectures the fast engine does not cover: HF `generate`, left-padded batches."""
     import torch
@@ -149,17 +156,23 @@ def _hf_generate(loaded: LoadedModel, requests, stop_ids, params: SamplingParams
 
 def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: int = 1, temperature: float = 0.8,
              top_p: float = 0.95, top_k: int = 50, min_p: float = 0.0, max_new_tokens: int = 128,
-             seed: int = 0, system_prompt: str | None = None, batch_size: int = 64, run=None, generation: int = 0,
+             seed: int = 0, system_prompt: str | None = None, batch_size: int | None = None, run=None, generation: int = 0,
              checkpoint_every: int | None = None, dtype: str = "auto", quantize: str | None = None,
-             engine: str = "auto", max_cache_bytes: int = 1 << 30, shard: tuple[int, int] | None = None) -> pd.DataFrame:
+             engine: str = "auto", max_cache_bytes: int | None = None, shard: tuple[int, int] | None = None,
+             int8_max_nll_increase: float = 0.03) -> pd.DataFrame:
     """Sample `n_per_prompt` completions per prompt; return a DataFrame with SAMPLE_COLUMNS + prompt columns.
 
     run: a `workbench.Run` (or path): rows are checkpointed into `gen-XXX/samples/` every
-    `checkpoint_every` finished samples (default: 2 x batch_size) and already-present samples are skipped.
+    `checkpoint_every` finished samples (default: 2 x batch_size, or 128) and already-present samples are skipped.
+    batch_size: sequences decoded together. None (the default): the fast engine takes as many cache rows as
+    `max_cache_bytes` holds (None: a quarter of the available memory), at most 128 (`batching.default_slots`);
+    transformers' generate takes batches of 32.
     engine: "fast" (continuous batching, Llama-family), "hf" (transformers generate) or "auto".
     min_p: keep only tokens whose probability is >= min_p x the most likely token's (after temperature,
     top-k and top-p, as transformers orders them); 0 (the default) disables it and leaves sample ids as before.
-    quantize: None, or "int8" (W8A8 matmuls in the fast engine, ~2x faster here; see README for its cost).
+    quantize: None, or "int8" (W8A8 matmuls in the fast engine; see README: Speed). int8 is quality-gated
+    (`workbench.int8_gate`): it runs only if the model's mean NLL on held-out passages rises by at most
+    `int8_max_nll_increase` (relative) under it; measured once per loaded model.
     model: also a backend (`workbench.backends`): "openai:MODEL@URL", "llamacpp:PATH.gguf" or a Backend.
     shard: (index, count): generate only the prompts at positions index, index + count, ... (one worker's
     share); every shard records the same run config, so shards on many workers fill one run.
@@ -169,7 +182,7 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
     params = SamplingParams(n_per_prompt, temperature, top_p, top_k, min_p, max_new_tokens, seed, system_prompt)
     params.check()
     prompts = as_prompts(prompts)
-    if batch_size <= 0:
+    if batch_size is not None and batch_size <= 0:
         raise InputDataError(f"batch_size must be positive, got {batch_size}.", "Pass batch_size >= 1 (e.g. 64).")
     if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise InputDataError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}.",
@@ -179,7 +192,7 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
             raise InputDataError("quantize applies to the embedded engine, not to a backend.",
                                  "Drop quantize (a server or GGUF file has its own precision).")
         return _generate_with_backend(prompts, get_backend(model), params, run, generation,
-                                      checkpoint_every or 2 * batch_size, shard)
+                                      checkpoint_every or _checkpoint_every(batch_size), shard)
     if engine not in ("auto", "fast", "hf"):
         raise InputDataError(f"Unknown engine {engine!r}.", "Use 'auto', 'fast' or 'hf'.")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
@@ -191,6 +204,10 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
                              "Use engine='hf' (or 'auto').")
     if quantize and not use_fast:
         raise InputDataError("quantize='int8' needs the fast engine.", "Drop quantize, or use a Llama-family model.")
+    if quantize:
+        from .int8_gate import check_int8
+
+        check_int8(loaded, int8_max_nll_increase)
     engine_name = "fast" if use_fast else "hf"
 
     run, done = _open_run(run, prompts, {"model": loaded.name, "dtype": loaded.dtype, "quantize": quantize,
@@ -200,16 +217,19 @@ def generate(prompts, model: str | LoadedModel = DEFAULT_MODEL, n_per_prompt: in
     constant = _constant_columns(loaded.name, params, loaded.dtype, quantize, engine_name)
     stops = stop_token_ids(loaded.tokenizer, loaded.model)
     if use_fast:
+        from .batching import default_slots
+
         per_slot = loaded.kv_bytes_per_token() * (max((len(r.prompt_ids) for r in requests), default=1)
                                                   + max_new_tokens)
-        slots = max(1, min(batch_size, max_cache_bytes // max(per_slot, 1)))
+        slots = default_slots(per_slot, len(requests) if batch_size is None else min(batch_size, len(requests)),
+                              max_cache_bytes)
         runner = loaded.fast_engine(quantize)  # built once per model and quantize, shared with the graders
         finished_iter = runner.run(requests, stops, temperature, top_k, top_p, slots=slots, min_p=min_p)
     else:
-        finished_iter = _hf_generate(loaded, requests, stops, params, batch_size)
+        finished_iter = _hf_generate(loaded, requests, stops, params, batch_size or HF_BATCH_SIZE)
 
     new_rows = _collect(finished_iter, rows, constant, loaded.tokenizer, run, generation, requests,
-                        checkpoint_every or 2 * batch_size)
+                        checkpoint_every or _checkpoint_every(batch_size))
     return collect_samples(new_rows, run, generation, _shard(prompts, shard))
 
 
@@ -317,7 +337,9 @@ def _collect(finished: Iterator, rows: list[dict], constant: dict, tokenizer, ru
     def flush():
         nonlocal pending, chunk_started
         if run is not None and pending:
-            frame = pd.DataFrame(pending).drop(columns=["_key", "_retries"], errors="ignore")
+            # a part's rows in request order (prompt, then sample index), not in the order they finished
+            frame = pd.DataFrame(sorted(pending, key=lambda row: row["_key"]))
+            frame = frame.drop(columns=["_key", "_retries"], errors="ignore")
             seconds = time.perf_counter() - chunk_started
             completion = int(frame["n_completion_tokens"].sum())
             prompt_tokens = int(frame["n_prompt_tokens"].sum())

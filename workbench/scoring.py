@@ -17,15 +17,15 @@ def next_token_logits(engine: LlamaEngine, sequences: list[list[int]], batch_siz
                       on_batch=None) -> torch.Tensor:
     """Logits [len(sequences), vocab] of the token after each sequence."""
     P, prefix = engine.common_prefix(sequences)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a batch
+    batches = _length_batches([len(seq) - P for seq in sequences], batch_size)  # similar lengths share a batch
     out = []
-    for start in range(0, len(sequences), batch_size):
-        batch = [sequences[i] for i in order[start:start + batch_size]]
-        tokens, lengths = right_padded(batch, P)
+    for index in batches:
+        tokens, lengths = right_padded([sequences[i] for i in index], P)
         out.append(engine.logits(engine.prefill(tokens, lengths, prefix=prefix)))
         if on_batch:
-            on_batch(len(batch))
+            on_batch(len(index))
     logits = torch.cat(out)
+    order = [i for index in batches for i in index]
     return logits[torch.argsort(torch.tensor(order))]
 
 

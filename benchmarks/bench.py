@@ -1,0 +1,411 @@
+"""One benchmark table for the engine's three workloads: generation, judging, fine-tuning (`make bench`).
+
+    .venv/bin/python benchmarks/bench.py --dtype both     # what `make bench` runs: the fp32 and the bf16 table
+    .venv/bin/python benchmarks/bench.py                  # the fp32 table only
+    .venv/bin/python benchmarks/bench.py --quick          # smoke run: tiny sizes, results/bench.quick.json, no README
+    .venv/bin/python benchmarks/bench.py --configs judge,perplexity   # a subset (also --only NAME): bench.partial.json
+    .venv/bin/python benchmarks/bench.py --readme         # rows and README block again from results/bench.json
+
+A full run writes benchmarks/results/bench.json and README.md's `<!-- bench:start -->` block; progress goes to
+stderr. Rows (the embedded SmolLM2-135M, `load_model("smollm2-135m", dtype=...)`):
+
+  generate_short  128 instruction prompts x 64 new tokens: `workbench.generate(prompts, model=lm, max_new_tokens=64,
+                  seed=0)`, everything else at its defaults; naive: transformers `model.generate` on left-padded
+                  chat-templated batches of 32, generate's default sampling. Useful tokens: generated before the stop.
+  generate_long   256 x 128, the same.
+  judge           `SelfJudge(model=lm).score` over 128 items (the instruction task's prompts with their reference
+                  answers as the judged samples: the same items in every run, no generation); naive: a transformers
+                  forward over the same judge prompts in left-padded batches of 32, next-token logits at the end.
+                  Useful tokens: the judge prompts' tokens.
+  perplexity      the held-out perplexity path (`workbench.metrics.collapse.heldout_logprobs`, as `evaluate` runs it)
+                  over 128 held-out passages of the corpus task; naive: transformers forward + log_softmax on
+                  right-padded batches of 8. Useful tokens: the scored tokens.
+  finetune        `workbench.train.finetune` (full SFT, 8 x 128-token rows a step) against bench_train.py's naive
+                  loop, 6 timed steps after one warm-up; bf16 table: bf16 autocast on both (fp32 master weights).
+                  Useful tokens: the real (non-padding) tokens.
+
+Each side (ours, naive) of each row runs in a fresh subprocess (`--only NAME --side ours|naive`, one JSON line
+back), so its peak RSS is its own; model loading is outside the timing (reported). Share of peak: FLOPs counted as
+2 x parameters x useful tokens (inference) or 6 x parameters x useful tokens (fine-tuning), per second, over this
+machine's matmul peak of the table's dtype (`common.matmul_peaks`: the faster of torch's `a @ b` and oneDNN), measured
+in the same run (before and after the table's rows; the higher). The bf16 table runs only where the CPU has native bf16 (AMX / AVX512-BF16).
+`--quick`: 16 prompts x 16 (short) / 32 (long) tokens, 16 judge items, 16 passages, 2 training steps.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("WORKBENCH_PROGRESS", "off")
+
+from common import RESULTS, machine_info, matmul_peaks, write_readme_block  # noqa: E402
+
+MODEL = "smollm2-135m"
+CONFIGS = ("generate_short", "generate_long", "judge", "perplexity", "finetune")
+FULL = {"generate_short": (128, 64), "generate_long": (256, 128), "judge": 128, "perplexity": 128, "finetune": 6}
+QUICK = {"generate_short": (16, 16), "generate_long": (16, 32), "judge": 16, "perplexity": 16, "finetune": 2}
+# (share of the matmul peak, x naive) per row; fine-tuning: bench_train.py's target (tokens/s, peak RSS MB)
+TARGETS = {"generate_short": (0.45, 4.0), "generate_long": (0.45, 4.0), "judge": (0.50, 3.0),
+           "perplexity": (0.50, 3.0)}
+FINETUNE_TARGET = (300, 4000)
+NO_BF16 = "not measured: this CPU has no native bf16"
+
+
+def log(*parts) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}]", *parts, file=sys.stderr, flush=True)
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied embedding / LM head counted once
+
+
+# ------------------------------------------------------------------------------------ workloads (one side each)
+
+def generate_row(lm, side: str, n: int, new_tokens: int) -> dict:
+    import torch
+
+    from workbench import generate, get_task
+    from workbench.engine import left_padded
+    from workbench.sampling import stop_token_ids
+
+    prompts = get_task("instructions", n=n)
+    if side == "ours":
+        lm.fast_engine()  # built once per model, outside the timing
+        started = time.perf_counter()
+        samples = generate(prompts, model=lm, max_new_tokens=new_tokens, seed=0)
+        return {"seconds": time.perf_counter() - started, "useful_tokens": int(samples["n_completion_tokens"].sum()),
+                "stop_fraction": round(float((samples["finish_reason"] == "stop").mean()), 3),
+                "engine": str(samples["engine"].iloc[0])}
+    defaults = inspect.signature(generate).parameters  # the same sampling as generate's defaults
+    sampling = {k: defaults[k].default for k in ("temperature", "top_p", "top_k")}
+    tok, model = lm.tokenizer, lm.model
+    stops = stop_token_ids(tok, model)
+    encoded = [lm.encode(text, chat=bool(chat)) for text, chat in zip(prompts["prompt"], prompts["chat"])]
+    useful, stopped = 0, 0
+    started = time.perf_counter()
+    for b, start in enumerate(range(0, len(encoded), 32)):
+        ids, mask = left_padded(encoded[start:start + 32], tok.pad_token_id)
+        torch.manual_seed(b)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=True,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=stops, **sampling)
+        for row in out[:, ids.shape[1]:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stops), None)
+            useful += cut if cut is not None else min(len(row), new_tokens)
+            stopped += cut is not None
+        log(f"naive generate: {start + len(ids)}/{len(encoded)} prompts, {useful} useful tokens")
+    return {"seconds": time.perf_counter() - started, "useful_tokens": useful,
+            "stop_fraction": round(stopped / max(len(encoded), 1), 3), "sampling": sampling, "batch_size": 32}
+
+
+def judge_row(lm, side: str, n: int) -> dict:
+    import torch
+
+    from workbench import get_task
+    from workbench.engine import left_padded
+    from workbench.graders import SelfJudge
+
+    items = get_task("instructions", n=n).rename(columns={"reference": "completion"})
+    judge = SelfJudge(model=lm)
+    sequences = [judge.prompt_ids(p, c) for p, c in zip(items["prompt"], items["completion"])]
+    useful = sum(map(len, sequences))
+    if side == "ours":
+        lm.fast_engine()
+        started = time.perf_counter()
+        scores = judge.score(items).to_numpy()
+        seconds = time.perf_counter() - started
+    else:
+        yes, no = judge.candidate_ids()
+        out = []
+        started = time.perf_counter()
+        for start in range(0, len(sequences), 32):
+            ids, mask = left_padded(sequences[start:start + 32], lm.tokenizer.pad_token_id)
+            with torch.inference_mode():
+                logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+            out.append(torch.sigmoid(torch.logsumexp(logits[:, yes], -1) - torch.logsumexp(logits[:, no], -1)))
+        seconds = time.perf_counter() - started
+        scores = torch.cat(out).numpy()
+    result = {"seconds": seconds, "useful_tokens": useful, "items": len(sequences),
+              "mean_score": round(float(scores.mean()), 5)}
+    if side == "ours":  # the work actually done: the shared start once, each item's rest, the LM head per item
+        from workbench.engine import _common_prefix_length
+
+        prefix = _common_prefix_length(sequences)
+        prefix = prefix if prefix >= 8 else 0  # run_requests' / common_prefix's minimum
+        embedding = lm.model.get_input_embeddings().weight.numel()
+        layers = n_params(lm.model) - embedding
+        result["work_gflop"] = round((2 * layers * (prefix + useful - prefix * len(sequences))
+                                      + 2 * embedding * len(sequences)) / 1e9, 2)
+        result["shared_prefix_tokens"] = prefix
+    return result
+
+
+def perplexity_row(lm, side: str, n: int, max_length: int = 256) -> dict:
+    import math
+
+    import torch
+
+    from workbench import get_task
+    from workbench.metrics.collapse import heldout_logprobs, pooled_perplexity
+
+    passages = get_task("corpus", n=n, split="heldout")
+    texts = (passages["prompt"] + " " + passages["reference"]).tolist()
+    if side == "ours":
+        lm.fast_engine()
+        started = time.perf_counter()
+        scored = heldout_logprobs(lm, texts, max_length=max_length)
+        seconds = time.perf_counter() - started
+        useful, ppl = sum(len(lp) for _, lp in scored), pooled_perplexity(scored)
+    else:  # the same tokens as heldout_logprobs (no special tokens, cut to max_length), a plain forward per batch
+        sequences = [lm.tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+        useful, nll = 0, 0.0
+        started = time.perf_counter()
+        for start in range(0, len(sequences), 8):
+            batch = sequences[start:start + 8]
+            ids = torch.full((len(batch), max(map(len, batch))), lm.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, seq in enumerate(batch):
+                ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
+            with torch.inference_mode():
+                logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+                chosen = logp.gather(-1, ids[:, 1:, None])[..., 0] * mask[:, 1:]
+            nll -= float(chosen.sum())
+            useful += int(mask[:, 1:].sum())
+        seconds = time.perf_counter() - started
+        ppl = math.exp(nll / max(useful, 1))
+    return {"seconds": seconds, "useful_tokens": int(useful), "passages": len(texts), "perplexity": round(ppl, 4)}
+
+
+def finetune_row(side: str, dtype: str, steps: int) -> dict:
+    import torch
+
+    import bench_train
+
+    from workbench.train import finetune
+
+    if side == "naive":  # bench_train's naive loop (fp32 weights, plain AdamW), under bf16 autocast in the bf16 table
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            out = bench_train.naive(steps)
+        return {"seconds": out["seconds"], "useful_tokens": round(out["real_tokens_per_s"] * out["seconds"]),
+                "steps": steps, "precision": "bf16-autocast" if dtype == "bf16" else "fp32"}
+    result = finetune(bench_train.examples(), method="full", max_steps=steps + 1, epochs=0, tokens_per_batch=1024,
+                      max_length=128, precision=dtype)
+    history = result.history
+    return {"seconds": float(history["seconds"].iloc[-1] - history["seconds"].iloc[0]),  # the first step: warm-up
+            "useful_tokens": int(history["tokens"].iloc[1:].sum()), "steps": steps, "parameters": n_params(result.model),
+            "precision": result.stats["precision"], "last_loss": round(float(history["loss"].iloc[-1]), 4)}
+
+
+def run_child(args) -> dict:
+    import torch
+
+    from workbench.models import load_model
+
+    sizes = QUICK if args.quick else FULL
+    name, size = args.only, sizes[args.only]
+    log(f"{name} ({args.side}, {args.dtype}): starting, pid {os.getpid()}, {torch.get_num_threads()} threads")
+    if name == "finetune":
+        result = finetune_row(args.side, args.dtype, size)
+    else:
+        started = time.perf_counter()
+        lm = load_model(MODEL, dtype=args.dtype)
+        load_s = time.perf_counter() - started
+        if name.startswith("generate"):
+            result = generate_row(lm, args.side, *size)
+        else:
+            result = (judge_row if name == "judge" else perplexity_row)(lm, args.side, size)
+        result.update(load_seconds=round(load_s, 2), parameters=n_params(lm.model), dtype=lm.dtype)
+    result["seconds"] = round(result["seconds"], 3)
+    result["tok_per_s"] = round(result["useful_tokens"] / max(result["seconds"], 1e-9), 2)
+    result["peak_rss_mb"] = peak_rss_mb()
+    log(f"{name} ({args.side}, {args.dtype}): {result['useful_tokens']} tokens in {result['seconds']} s = "
+        f"{result['tok_per_s']} tok/s, peak RSS {result['peak_rss_mb']} MB")
+    return result
+
+
+# ------------------------------------------------------------------------------------ parent
+
+def run_side(args, name: str, side: str, dtype: str) -> dict:
+    """One side of one row in a fresh process; its stderr streams through, its last JSON line comes back."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--side", side, "--dtype", dtype]
+    done = subprocess.run(cmd + (["--quick"] if args.quick else []), stdout=subprocess.PIPE, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        log(f"{name} ({side}, {dtype}) failed: exit code {done.returncode}")
+        return {"error": f"exit code {done.returncode}"}
+    return json.loads(lines[-1])
+
+
+def label(name: str, sizes: dict) -> str:
+    size = sizes[name]
+    if name.startswith("generate"):
+        return f"generate: {size[0]} prompts x {size[1]} new tokens"
+    return {"judge": f"self-judge: {size} items", "perplexity": f"perplexity: {size} held-out passages",
+            "finetune": f"fine-tune (full SFT): {size} steps of 8 x 128 tokens"}[name]
+
+
+def make_row(name: str, ours: dict, naive: dict, peak: float, sizes: dict) -> dict:
+    row = {"workload": label(name, sizes), "ours": ours, "naive": naive}
+    if "error" in ours or "error" in naive:
+        return {**row, "met": None, "target": "-"}
+    if not isinstance(peak, dict):  # a table saved before the peaks were measured per library
+        peak = {"best": peak}
+    flops_per_token = (6 if name == "finetune" else 2) * ours["parameters"]
+    share = lambda side, library="best": round(flops_per_token * side["tok_per_s"] / 1e9 / peak[library], 4)  # noqa: E731
+    row.update(tok_per_s_ours=ours["tok_per_s"], tok_per_s_naive=naive["tok_per_s"],
+               ratio=round(ours["tok_per_s"] / max(naive["tok_per_s"], 1e-9), 2), share_of_peak=share(ours),
+               share_of_peak_naive=share(naive), peak_rss_mb_ours=ours["peak_rss_mb"],
+               share_of_torch_peak=share(ours, "torch") if "torch" in peak else None,
+               peak_rss_mb_naive=naive["peak_rss_mb"])
+    if name == "finetune":
+        rate, rss = FINETUNE_TARGET
+        row["target"] = f">= {rate} tok/s, peak RSS <= {rss / 1000:g} GB (bench_train.py)"
+        row["met"] = ours["tok_per_s"] >= rate and ours["peak_rss_mb"] <= rss
+    else:
+        min_share, min_ratio = TARGETS[name]
+        row["target"] = f">= {100 * min_share:.0f}% of peak, >= {min_ratio:g}x naive"
+        # the judge's prefill efficiency is the share of the work it did (its shared prefix counted once)
+        if "work_gflop" in ours:
+            row["share_of_peak_work"] = round(ours["work_gflop"] / ours["seconds"] / peak["best"], 4)
+        efficiency = row.get("share_of_peak_work", row["share_of_peak"])
+        row["met"] = efficiency >= min_share and row["ratio"] >= min_ratio
+    for key in ("mean_score", "perplexity"):  # the two sides computed the same thing
+        if key in ours:
+            row[f"{key}_ours_naive"] = [ours[key], naive[key]]
+    return row
+
+
+def run_table(args, dtype: str, configs: list[str], sizes: dict) -> dict:
+    before = matmul_peaks(dtype=dtype)
+    log(f"{dtype}: matmul peaks {before}")
+    sides = {}
+    for i, name in enumerate(configs):
+        log(f"{dtype} [{i + 1}/{len(configs)}] {name}")
+        sides[name] = {side: run_side(args, name, side, dtype) for side in ("ours", "naive")}
+    after = matmul_peaks(dtype=dtype)
+    peaks = {library: round(max(before[library], after[library]), 1) for library in before}
+    log(f"{dtype}: matmul peaks {after} after the rows; using {peaks}")
+    rows = {name: make_row(name, s["ours"], s["naive"], peaks, sizes) for name, s in sides.items()}
+    return {"status": "measured", "matmul_peak_gflops": peaks["best"], "matmul_peaks_gflops": peaks,
+            "matmul_peaks_before_after": [before, after], "rows": rows}
+
+
+def _peaks_text(table: dict) -> str:
+    peaks = table.get("matmul_peaks_gflops", {"best": table["matmul_peak_gflops"]})
+    named = ", ".join(f"{library} {peaks[library]:.0f}" for library in ("torch", "onednn") if library in peaks)
+    return f"{peaks['best']:.0f} GFLOP/s" + (f" ({named})" if named else "")
+
+
+def markdown(report: dict) -> str:
+    m, lines = report["machine"], []
+    for dtype, table in report["tables"].items():
+        if table["status"] != "measured":
+            lines.append(f"**{dtype}**: {table['status']}.\n")
+            continue
+        lines += [f"**{dtype}** (matmul peak {_peaks_text(table)}, measured in this run)\n",
+                  "| workload | useful tok/s | naive tok/s | x naive | share of peak (of torch.mm's) "
+                  "| peak RSS (ours / naive) | target | met |", "|---|---|---|---|---|---|---|---|"]
+        for r in table["rows"].values():
+            if "ratio" not in r:
+                lines.append(f"| {r['workload']} | error | | | | | | |")
+                continue
+            torch_share = f" ({100 * r['share_of_torch_peak']:.0f}%)" if r.get("share_of_torch_peak") else ""
+            work = f"; work done: {100 * r['share_of_peak_work']:.0f}%" if "share_of_peak_work" in r else ""
+            lines.append(f"| {r['workload']} | {r['tok_per_s_ours']:.0f} | {r['tok_per_s_naive']:.0f} | "
+                         f"{r['ratio']:.2f} | {100 * r['share_of_peak']:.0f}%{torch_share}{work} | "
+                         f"{r['peak_rss_mb_ours'] / 1e3:.2f} / {r['peak_rss_mb_naive'] / 1e3:.2f} GB | {r['target']} | "
+                         f"{'yes' if r['met'] else '**no**'} |")
+        lines.append("")
+    peaks = "; ".join(f"{d} {_peaks_text(t)}" for d, t in report["tables"].items() if "rows" in t)
+    lines.append(
+        "Useful tokens: generated before the stop token (generate), judge-prompt tokens (self-judge), scored tokens "
+        "(perplexity), real tokens (fine-tune). Share of peak: FLOPs counted as 2 x parameters x useful tokens "
+        "(inference rows; work a pass skips, such as the judge's shared rubric prefix, counts as done; \"work "
+        "done\" counts the judge's shared prefix once and its LM head once per item) or "
+        "6 x parameters x tokens (fine-tuning), per second, over the machine's matmul peak in the table's dtype: the "
+        "faster of torch's own `a @ b` (MKL for fp32) and oneDNN, measured in this run (in brackets: the share of "
+        "torch.mm's peak, the measure the issue used). Targets are judged against the higher peak. Naive: "
+        "transformers `generate` (batches of 32) / a plain forward (judge: batches of 32, perplexity: 8) / "
+        "bench_train.py's loop; each side in its own process. `benchmarks/bench.py`, JSON in "
+        "`benchmarks/results/bench.json`.\n")
+    lines.append(f"Measured {report['created_at'][:10]} on {m['cpu']} ({m['cores']} cores, bf16 native: "
+                 f"{m['bf16_native']}), torch {m['torch']}, {m['torch_threads']} threads; matmul peaks: {peaks}.\n")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "both"], default="fp32")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes; writes bench.quick.json, not the README")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
+    parser.add_argument("--only", default=None, help="one row (as --configs NAME); with --side: that side, here")
+    parser.add_argument("--side", choices=["ours", "naive"], default=None, help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--readme", action="store_true", help="rebuild the rows and README block from bench.json")
+    args = parser.parse_args(argv)
+    if args.readme:
+        report = json.loads((RESULTS / "bench.json").read_text())
+        for table in report["tables"].values():
+            for name, row in table.get("rows", {}).items():
+                table["rows"][name] = make_row(name, row["ours"], row["naive"],
+                                               table.get("matmul_peaks_gflops", table["matmul_peak_gflops"]),
+                                               report["sizes"])
+        (RESULTS / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_readme_block("bench", markdown(report))
+        print(markdown(report))
+        return 0
+    if args.side:
+        if args.only not in CONFIGS or args.dtype == "both":
+            parser.error("--side needs --only NAME and --dtype fp32 or bf16")
+        print(json.dumps(run_child(args)), flush=True)
+        return 0
+
+    configs = [args.only] if args.only else [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
+    subset = set(configs) != set(CONFIGS)
+    sizes = QUICK if args.quick else FULL
+    machine = machine_info()
+    started = time.perf_counter()
+    tables = {}
+    for dtype in ("fp32", "bf16"):
+        if args.dtype not in (dtype, "both"):
+            tables[dtype] = {"status": f"not run: --dtype {args.dtype}"}
+        elif dtype == "bf16" and not machine["bf16_native"]:
+            tables[dtype] = {"status": NO_BF16}
+        else:
+            tables[dtype] = run_table(args, dtype, configs, sizes)
+    report = {"benchmark": "bench", "machine": machine, "model": MODEL, "quick": args.quick, "configs": configs,
+              "sizes": {c: sizes[c] for c in configs}, "tables": tables,
+              "flops": "2 x parameters x useful tokens (inference), 6 x parameters x useful tokens (fine-tuning)",
+              "seconds": round(time.perf_counter() - started, 1),
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    name = "bench" + (".quick" if args.quick else "") + (".partial" if subset else "") + ".json"
+    out = RESULTS / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {out} ({report['seconds']} s)")
+    text = markdown(report)
+    if not args.quick and not subset:
+        write_readme_block("bench", text)
+        log("README.md's bench block rewritten")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
