@@ -125,8 +125,7 @@ def decode_setup(engine, slots: int, context: int, seed: int):
     own = min(OWN_TOKENS, context - 1)
     shared = torch.randint(vocab, (context - own,), generator=g).tolist()
     prompts = [shared + torch.randint(vocab, (own,), generator=g).tolist() for _ in range(slots)]
-    rows = _Rows(engine, slots, context + 1)
-    rows.stop_set = set()  # no row stops: every step runs all `slots` rows
+    rows = _Rows(engine, slots, context + 1)  # no stop ids: every step runs all `slots` rows
     requests = [Request(i, prompt, seed + i, 1 << 30) for i, prompt in enumerate(prompts)]
 
     def sample(hidden, seeds, steps):

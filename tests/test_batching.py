@@ -37,7 +37,6 @@ def test_compaction_and_refills_change_no_sample(tiny, slots):
 def test_finish_moves_the_last_rows_into_the_holes(tiny):
     engine = LlamaEngine(tiny.model)
     rows = _Rows(engine, 4, 64)
-    rows.stop_set = set()
     requests = _requests(tiny, [50] * 4)[:4]
     rows.admit(requests, 0, None, lambda hidden, seeds, steps: torch.zeros(len(seeds), dtype=torch.long))
     before = [layer.clone() for layer in rows.cache]

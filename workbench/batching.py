@@ -58,10 +58,12 @@ def default_slots(kv_bytes_per_slot: int, requests: int, max_cache_bytes: int | 
 
 
 class _Rows:
-    """The scheduler's state: a KV cache of `slots` rows whose first n rows hold the active requests."""
+    """The scheduler's state: a KV cache of `slots` rows whose first n rows hold the active requests; a sampled
+    token in `stop_ids` ends its row."""
 
-    def __init__(self, engine, slots: int, length: int):
+    def __init__(self, engine, slots: int, length: int, stop_ids: Sequence[int] = ()):
         self.engine = engine
+        self.stop_set = {int(t) for t in stop_ids}
         self.cache = engine.new_cache(slots, length)
         self.requests: list[Request] = []          # row i runs requests[i]
         self.generated: list[list[int]] = []       # tokens sampled so far, per row
@@ -152,8 +154,7 @@ def run_requests(engine, requests: Sequence[Request], stop_ids: Sequence[int], t
     queue = sorted(requests, key=lambda r: len(r.prompt_ids), reverse=True)  # pop() takes from the end
     length = max(len(r.prompt_ids) + r.max_new_tokens for r in requests)
     slots = max(1, min(slots, len(requests)))
-    state = _Rows(engine, slots, length)
-    state.stop_set = set(int(t) for t in stop_ids)
+    state = _Rows(engine, slots, length, stop_ids)
 
     def sample(hidden, seeds, steps):
         return sample_tokens(engine.logits(hidden), uniforms(seeds, steps), temperature, top_k, top_p, min_p)
