@@ -26,7 +26,7 @@ def int8_quality(loaded, passages: int = PASSAGES, max_tokens: int = MAX_TOKENS)
     from .tasks import get_task
 
     key = ("int8_quality", passages, max_tokens)
-    cache = loaded._engines  # the facade's per-model cache: the measurement lives and dies with the model
+    cache = loaded._measurements  # kept on the loaded model: the measurement lives and dies with it
     if key not in cache:
         heldout = get_task("corpus", n=passages, split="heldout")
         texts = (heldout["prompt"] + " " + heldout["reference"]).tolist()

@@ -125,6 +125,8 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
     # fast engines built so far, by quantize (None or "int8"); None where the engine does not apply
     _engines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # measurements of this model kept for its lifetime (the int8 quality gate's, by its settings)
+    _measurements: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def context_length(self) -> int:
