@@ -288,3 +288,25 @@ def test_fp32_matmul_is_true_fp32_and_batch_invariant():
     assert torch.allclose(full, F.linear(rows, weight), rtol=1e-4, atol=1e-3)
     for n in (2, 7, 33, 64):
         assert torch.equal(_linear(rows[:n], weight), full[:n])
+
+
+def test_fused_post_ops_match_the_plain_formulas_and_stay_batch_invariant():
+    """The residual add and the SwiGLU done as oneDNN post-ops (`_linear_add`, `_swiglu`) give what the plain
+    ops give, and a row's result still does not depend on its batch neighbours."""
+    import torch.nn.functional as F
+
+    from workbench.engine import _linear_add, _swiglu
+
+    g = torch.Generator().manual_seed(1)
+    x, residual = torch.randn(40, 576, generator=g), torch.randn(40, 576, generator=g)
+    gate_up, down = torch.randn(2 * 96, 576, generator=g) * 0.05, torch.randn(576, 96, generator=g) * 0.1
+    act = _swiglu(x, gate_up)
+    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+    assert torch.allclose(act, F.silu(gate) * up, rtol=1e-4, atol=1e-5)
+    out = _linear_add(act, down, residual)
+    assert torch.allclose(out, residual + F.linear(act, down), rtol=1e-4, atol=1e-4)
+    for n in (2, 9, 33):
+        assert torch.equal(_swiglu(x[:n], gate_up), act[:n])
+        assert torch.equal(_linear_add(act[:n], down, residual[:n]), out[:n])
+    three_d = _linear_add(act.view(4, 10, 96), down, residual.view(4, 10, 576))  # prefill's [B, T, hidden]
+    assert torch.equal(three_d.view(40, 576), out)

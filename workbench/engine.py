@@ -146,6 +146,30 @@ def _linear(x: torch.Tensor, weight) -> torch.Tensor:
     return out.to(x.dtype).reshape(*shape[:-1], out.shape[-1])
 
 
+# The elementwise op after a matmul, done by oneDNN as the matmul writes its output (a "post-op") instead of by a
+# second pass over it: the residual add after o_proj and down_proj, SiLU on the gate and the product with up.
+# Measured on 1,024 prefill rows of SmolLM2's MLP (fp32, 2 cores): 16.5 -> 13.4 ms; same numbers to ~2e-7 relative.
+def _fused(x: torch.Tensor, weight) -> bool:
+    return _ONEDNN_FP32 and x.dtype == torch.float32 and not isinstance(weight, _Int8Weight) and bool(x.numel())
+
+
+def _linear_add(x: torch.Tensor, weight, residual: torch.Tensor) -> torch.Tensor:
+    """residual + x @ weight.T"""
+    if _fused(x, weight):
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
+    return residual + _linear(x, weight)
+
+
+def _swiglu(x: torch.Tensor, gate_up) -> torch.Tensor:
+    """silu(x @ gate.T) * (x @ up.T), with gate and up stacked in one weight [2 x inter, hidden]."""
+    if _fused(x, gate_up):
+        inter = gate_up.shape[0] // 2
+        gate = torch.ops.mkldnn._linear_pointwise(x, gate_up[:inter], None, "swish", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, gate, gate_up[inter:], None, "mul")
+    gate, up = _linear(x, gate_up).chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 @dataclass
 class Request:
     """One completion to produce."""
@@ -252,8 +276,7 @@ class LlamaEngine:
         return x * cos + rotated * sin
 
     def _mlp(self, x, norm_w, gate_up_w, down_w):
-        gate, up = _linear(self._norm(x, norm_w), gate_up_w).chunk(2, dim=-1)
-        return x + _linear(F.silu(gate) * up, down_w)
+        return _linear_add(_swiglu(self._norm(x, norm_w), gate_up_w), down_w, x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return _linear(self._norm(hidden, self.final_norm), self.lm_head).float()
@@ -311,7 +334,7 @@ class LlamaEngine:
                 kv = torch.cat([prefix[i].expand(B, -1, -1, -1), kv], dim=2)
             attn = F.scaled_dot_product_attention(q, kv[:, :KV], kv[:, KV:], attn_mask=mask, is_causal=mask is None,
                                                   enable_gqa=True)
-            x = x + _linear(attn.transpose(1, 2).reshape(B, T, H * self.head_dim), o_w)
+            x = _linear_add(attn.transpose(1, 2).reshape(B, T, H * self.head_dim), o_w, x)
             x = self._mlp(x, n2, gu_w, down_w)
         return x if all_positions else x[torch.arange(B), lengths - 1]
 
@@ -347,7 +370,7 @@ class LlamaEngine:
             # so grouped-query attention needs no copy of K/V
             attn = F.scaled_dot_product_attention(
                 qkv[:, :H].reshape(S, KV, group, D), layer[:S, :KV, :span], layer[:S, KV:, :span], attn_mask=mask)
-            x = x + _linear(attn.reshape(S, H * D), o_w)
+            x = _linear_add(attn.reshape(S, H * D), o_w, x)
             x = self._mlp(x, n2, gu_w, down_w)
         return x
 
