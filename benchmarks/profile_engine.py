@@ -40,7 +40,8 @@ are attention) and by the step's scopes:
              mkldnn::_linear_pointwise (the engine's fp32 matmuls): the
              fused QKV, o_proj, fused gate/up, down_proj and the LM head (`engine.logits`)
   attention  aten::scaled_dot_product_attention (QK^T, mask, softmax, V, and any internal GQA expansion) and
-             its children; aten::index_put_ / aten::_index_put_impl_ (the KV-cache writes); aten::repeat_interleave
+             its children; the engine's compiled decode attention (`workbench::decode_attention`, a
+             record_function scope around the kernel's call); aten::index_put_ / aten::_index_put_impl_ (the KV-cache writes); aten::repeat_interleave
              and aten::expand (KV head repetition), aten::index_select (cache compaction). `cat` is not here:
              the engine uses it only in the rotary `_rotate` (and for the shared prefix in prefill, which the
              judge path does not use), so it counts as elementwise
@@ -97,7 +98,8 @@ MATMUL_OPS = {"aten::linear", "aten::matmul", "aten::mm", "aten::addmm", "aten::
               "mkldnn::_linear_pointwise"}  # the last: the engine's fp32 matmuls (oneDNN)
 ATTENTION_OPS = {"aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
                  "aten::_scaled_dot_product_attention_math", "aten::index_put_", "aten::_index_put_impl_",
-                 "aten::repeat_interleave", "aten::expand", "aten::index_select"}
+                 "aten::repeat_interleave", "aten::expand", "aten::index_select",
+                 "workbench::decode_attention"}  # the last: the engine's compiled kernel (workbench/kernels.py)
 SAMPLING_OPS = {"aten::log_softmax", "aten::_log_softmax", "aten::softmax", "aten::_softmax", "aten::gather",
                 "aten::topk", "aten::sort", "aten::cumsum", "aten::searchsorted", "aten::argmax",
                 "aten::multinomial"}

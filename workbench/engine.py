@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import kernels
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -201,11 +203,20 @@ def supports(model) -> bool:
 class LlamaEngine:
     """Continuous-batching decoder over a loaded `LlamaForCausalLM` (weights copied, model untouched)."""
 
-    def __init__(self, model, dtype: torch.dtype | None = None, quantize: str | None = None):
+    def __init__(self, model, dtype: torch.dtype | None = None, quantize: str | None = None,
+                 attention: str | None = None):
         if not supports(model):
             raise ValueError(f"LlamaEngine does not support {model.config.model_type!r} models")
         cfg = model.config
         self.dtype = dtype or next(model.parameters()).dtype
+        # decode attention: the compiled kernel (`workbench.kernels`) where it builds, else torch's SDPA
+        if attention not in (None, "kernel", "sdpa"):
+            raise ValueError(f"attention must be None, 'kernel' or 'sdpa', not {attention!r}")
+        if attention is None:
+            attention = "kernel" if self.dtype in (torch.float32, torch.bfloat16) and kernels.available() else "sdpa"
+        elif attention == "kernel" and not kernels.available():
+            raise RuntimeError(f"the decode-attention kernel is unavailable: {kernels.unavailable_reason()}")
+        self.attention = attention
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -357,20 +368,23 @@ class LlamaEngine:
         group = H // KV
         cos, sin = self._rope(positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                                  # [S, 1, D]
-        # an additive float mask, built once per step: SDPA would turn a boolean one into this in every layer
-        visible = (torch.arange(span).unsqueeze(0) <= positions.unsqueeze(1)).view(S, 1, 1, span)
-        mask = torch.zeros(S, 1, 1, span, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
+        if self.attention == "sdpa":  # an additive float mask, built once per step (SDPA converts a boolean one per layer)
+            visible = (torch.arange(span).unsqueeze(0) <= positions.unsqueeze(1)).view(S, 1, 1, span)
+            mask = torch.zeros(S, 1, 1, span, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
         rows = torch.arange(S)
         x = self.embed[tokens]                                                         # [S, hidden]
         for i, (n1, qkv_w, o_w, n2, gu_w, down_w) in enumerate(self.layers):
             qkv = self._qkv(x, n1, qkv_w, cos, sin, head_axis=-2)                      # [S, H + 2 KV, D]
             layer = cache[i]
             layer[rows, :, positions] = qkv[:, H:]
-            # one query per row: fold the query heads that share a KV head into the "length" axis,
-            # so grouped-query attention needs no copy of K/V
-            attn = F.scaled_dot_product_attention(
-                qkv[:, :H].reshape(S, KV, group, D), layer[:S, :KV, :span], layer[:S, KV:, :span], attn_mask=mask)
-            x = _linear_add(attn.reshape(S, H * D), o_w, x)
+            if self.attention == "kernel":
+                attn = kernels.decode_attention(qkv[:, :H], layer, positions, group)  # each row to its own position
+            else:  # one query per row: the query heads that share a KV head folded into SDPA's "length" axis,
+                # so grouped-query attention needs no copy of K/V
+                attn = F.scaled_dot_product_attention(
+                    qkv[:, :H].reshape(S, KV, group, D), layer[:S, :KV, :span], layer[:S, KV:, :span],
+                    attn_mask=mask).reshape(S, H * D)
+            x = _linear_add(attn, o_w, x)
             x = self._mlp(x, n2, gu_w, down_w)
         return x
 

@@ -1,0 +1,78 @@
+"""The matmul-only ceiling of a workload: how fast it could run if everything but its matmuls took no time.
+
+    with MatmulLog() as log:
+        generate(prompts, model=lm, ...)           # the engine runs as usual; every matmul's shape is counted
+    seconds = replay_seconds(log.shapes, lm.model.dtype)
+
+`MatmulLog` wraps the engine's three matmul entry points (`workbench.engine._linear`, `_linear_add`,
+`_swiglu`) and counts each call's (rows, in, out) shape; `replay_seconds` then runs each distinct shape alone, on
+random data, through the same dispatch (oneDNN in fp32, `F.linear` in bf16), best of 3 after a warm-up, and sums
+count x time. The result is a floor on the workload's time at the shapes its scheduler chose (a shrinking batch's
+small decode steps included) and so a ceiling on its share of the machine's matmul peak: attention, sampling,
+norms, rotary and Python are all counted as free, and each matmul runs with its operands as warm as a tight loop
+leaves them. bench.py reports it beside each measured share (README: Speed).
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+
+class MatmulLog:
+    """Count the (rows, in_features, out_features) of every matmul the engine runs inside the `with` block."""
+
+    def __init__(self):
+        self.shapes: Counter = Counter()
+
+    def __enter__(self):
+        from workbench import engine
+
+        self._engine, self._saved = engine, {name: getattr(engine, name) for name in ("_linear", "_linear_add", "_swiglu")}
+        busy = []  # the fallbacks of _linear_add / _swiglu call _linear: count the outer call only
+
+        def recorded(name, original):
+            def call(x, weight, *rest):
+                if not busy:
+                    out_features = getattr(weight, "shape", None) or weight.qweight_t.shape[::-1]
+                    self.shapes[(x.numel() // x.shape[-1], x.shape[-1], out_features[0])] += 1
+                busy.append(name)
+                try:
+                    return original(x, weight, *rest)
+                finally:
+                    busy.pop()
+            return call
+
+        for name, original in self._saved.items():
+            setattr(engine, name, recorded(name, original))
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self._saved.items():
+            setattr(self._engine, name, original)
+        return False
+
+    @property
+    def flops(self) -> int:
+        return sum(2 * m * k * n * count for (m, k, n), count in self.shapes.items())
+
+
+def replay_seconds(shapes: Counter, dtype, repeats: int = 3) -> float:
+    """Sum over distinct shapes of count x (best of `repeats` timed runs of that matmul alone, after one warm-up)."""
+    import torch
+
+    from workbench.engine import _linear
+
+    total = 0.0
+    weights: dict = {}
+    for (m, k, n), count in sorted(shapes.items()):
+        if (n, k) not in weights:
+            weights[(n, k)] = torch.randn(n, k, dtype=dtype) * k ** -0.5
+        x = torch.randn(m, k, dtype=dtype)
+        _linear(x, weights[(n, k)])
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            _linear(x, weights[(n, k)])
+            best = min(best, time.perf_counter() - started)
+        total += count * best
+    return total

@@ -1,0 +1,123 @@
+"""The compiled decode-attention kernel (workbench/kernels.py) against torch's SDPA and a plain reference."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench import kernels
+from workbench.engine import LlamaEngine, Request
+from workbench.sampling import stop_token_ids
+
+
+def _case(S, KV, G, D, L, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cache = torch.randn(S + 3, 2 * KV, L, D, generator=g).to(dtype)         # more cache rows than active ones
+    qkv = torch.randn(S, KV * G + 2 * KV, D, generator=g).to(dtype)         # q is a strided view, as in decode
+    positions = torch.randint(0, L, (S,), generator=g)
+    positions[0] = L - 1
+    return cache, qkv[:, :KV * G], positions
+
+
+def _reference(q, cache, positions, G):
+    """Per row and head, softmax(q k^T / sqrt(D)) v over positions 0..pos, in float64."""
+    S, H, D = q.shape
+    KV = cache.shape[1] // 2
+    out = torch.empty(S, H, D, dtype=torch.float64)
+    for s in range(S):
+        n = int(positions[s]) + 1
+        for h in range(H):
+            k, v = cache[s, h // G, :n].double(), cache[s, KV + h // G, :n].double()
+            p = torch.softmax(k @ q[s, h].double() / D ** 0.5, dim=0)
+            out[s, h] = p @ v
+    return out.reshape(S, H * D)
+
+
+def test_the_kernel_builds_here():
+    """The tests need a C compiler (cc/gcc: the CI machine has gcc); without one the engine would use SDPA."""
+    assert kernels.available(), f"the decode-attention kernel did not build: {kernels.unavailable_reason()}"
+
+
+@pytest.mark.parametrize("KV,G,D", [(3, 3, 64), (2, 1, 64), (2, 4, 64), (2, 2, 16), (1, 5, 24)])
+def test_kernel_matches_the_reference_for_each_head_layout(KV, G, D):
+    """The specialised paths (head_dim 64 with 1, 3 or 4 queries per KV head) and the generic one."""
+    cache, q, positions = _case(9, KV, G, D, L=40)
+    out = kernels.decode_attention(q, cache, positions, G)
+    assert out.shape == (9, KV * G * D) and out.dtype == torch.float32
+    assert torch.allclose(out.double(), _reference(q, cache, positions, G), atol=2e-6)
+
+
+def test_kernel_matches_sdpa_as_the_engine_calls_it():
+    S, KV, G, D, L = 64, 3, 3, 64, 120
+    cache, q, positions = _case(S, KV, G, D, L)
+    span = int(positions.max()) + 1
+    visible = (torch.arange(span).unsqueeze(0) <= positions.unsqueeze(1)).view(S, 1, 1, span)
+    mask = torch.zeros(S, 1, 1, span).masked_fill_(~visible, float("-inf"))
+    sdpa = F.scaled_dot_product_attention(q.reshape(S, KV, G, D), cache[:S, :KV, :span], cache[:S, KV:, :span],
+                                          attn_mask=mask).reshape(S, -1)
+    assert torch.allclose(kernels.decode_attention(q, cache, positions, G), sdpa, atol=5e-6)
+
+
+def test_kernel_rows_do_not_depend_on_their_batch():
+    """A row's output is bit-identical whether it runs with 1, 5 or 64 other rows (and on 1 or 2 threads)."""
+    cache, q, positions = _case(64, 3, 3, 64, 80)
+    full = kernels.decode_attention(q, cache, positions, 3)
+    for n in (1, 5, 33):
+        assert torch.equal(kernels.decode_attention(q[:n], cache, positions[:n], 3), full[:n])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(kernels.decode_attention(q, cache, positions, 3), full)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kernel_reads_a_bf16_cache():
+    cache, q, positions = _case(16, 3, 3, 64, 50, dtype=torch.bfloat16)
+    out = kernels.decode_attention(q, cache, positions, 3)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.double(), _reference(q.float(), cache.float(), positions, 3), atol=2e-2)
+
+
+def test_one_openmp_runtime_torch_and_the_kernel_share():
+    """The kernel runs on torch's OpenMP threads: loading it must not map a second runtime."""
+    assert len(kernels._openmp_runtimes()) <= 1
+
+
+def test_engine_gives_the_same_tokens_with_the_kernel_and_with_sdpa(tiny):
+    """Greedy and sampled text of the tiny model (fp32) are the same on either attention path; the default
+    engine takes the kernel."""
+    assert LlamaEngine(tiny.model).attention == "kernel"
+    ids = [tiny.tokenizer.encode(p) for p in ("What is 12+7?", "Name three colors.", "Hi", "Write a long poem.")]
+    stops = stop_token_ids(tiny.tokenizer, tiny.model)
+    runs = {}
+    for attention in ("kernel", "sdpa"):
+        engine = LlamaEngine(tiny.model, attention=attention)
+        for temperature in (0, 1.0):
+            requests = [Request(k, i, 7 + k, 30) for k, i in enumerate(ids)]
+            runs[attention, temperature] = {f.key: f.token_ids for f in engine.run(requests, stops, temperature,
+                                                                                   top_k=50, slots=3)}
+    for temperature in (0, 1.0):
+        assert runs["kernel", temperature] == runs["sdpa", temperature]
+        assert sum(map(len, runs["kernel", temperature].values())) > 20
+
+
+def test_sdpa_is_chosen_when_asked_and_unknown_choices_are_refused(tiny):
+    with pytest.raises(ValueError, match="attention must be"):
+        LlamaEngine(tiny.model, attention="flash")
+    code = ("from workbench import kernels; from workbench.engine import LlamaEngine; import sys;"
+            "print(kernels.available(), kernels.unavailable_reason())")
+    env = {**os.environ, "WORKBENCH_ATTENTION": "sdpa"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False WORKBENCH_ATTENTION=sdpa"
+
+
+def test_a_failed_build_falls_back_with_its_reason(tmp_path):
+    """No working compiler: `available()` is False and says why, so the engine falls back to SDPA."""
+    code = ("from workbench import kernels; print(kernels.available()); print(kernels.unavailable_reason())")
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "WORKBENCH_DATA": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    available, reason = done.stdout.strip().splitlines()
+    assert available == "False" and "no-such-cc" in reason

@@ -1,0 +1,213 @@
+"""A compiled decode-attention kernel for the engine: one query per row against that row's own cached keys.
+
+Why: in a decode step each row attends with one query (three, with SmolLM2's grouped-query heads) to its own
+cache, so attention is a stream over the KV cache, not a GEMM. torch's SDPA runs it at ~12 GB/s here (its flash
+kernel is built for blocks of queries) and reads every row up to the longest row's position; on 128 rows x 112
+positions it took 2.0 ms a layer, 25% of a decode step. This kernel reads each row's K and V once, only up to that
+row's own position, and runs the rows in `torch.get_num_threads()` slices on Python threads (ctypes releases the
+GIL): 1.0 ms a layer on the same cache (2 cores, cold cache, fp32).
+
+It is C, compiled on first use with the machine's C compiler (`cc -O3 -march=native`, ~0.2 s) into
+`<data dir>/kernels/` and loaded with ctypes: no torch headers, no build step at install. Where no compiler is
+found, or `WORKBENCH_ATTENTION=sdpa` is set, `available()` is False and the engine uses SDPA, with the same
+numbers to float rounding (tests compare both). A row's result depends only on its own query and cache, so
+generation stays batch-invariant in fp32.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = r"""
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+
+static inline float bf16_to_float(uint16_t b) {
+    union { uint32_t u; float f; } x; x.u = ((uint32_t)b) << 16; return x.f;
+}
+#define AS_FLOAT(x) (x)
+
+/* One row and one KV head: G queries q [G, D] against keys K [n, D] and values V [n, D] (rows of the cache,
+   in the cache's type T), output [G, D] in fp32. `scratch` holds G * L floats. GG and DD are either the
+   runtime G and D or constants: with constants the compiler unrolls the head dimension and keeps the output
+   accumulators in registers. */
+#define DEFINE_HEAD(NAME, T, LOAD, GG, DD)                                                                   \
+static inline void NAME(const float* restrict qh, const T* restrict K, const T* restrict V, int64_t n,       \
+                        int64_t L, int64_t G_, int64_t D_, float scale, float* restrict scratch,             \
+                        float* restrict oh)                                                                  \
+{                                                                                                            \
+    const int64_t G = GG, D = DD;                                                                            \
+    (void)G_; (void)D_;                                                                                      \
+    float kbuf[256];                                                                                         \
+    for (int64_t t = 0; t < n; ++t) {                                                                        \
+        for (int64_t d = 0; d < D; ++d) kbuf[d] = LOAD(K[t * D + d]);                                        \
+        for (int64_t g = 0; g < G; ++g) {                                                                    \
+            float acc = 0.f;                                                                                 \
+            for (int64_t d = 0; d < D; ++d) acc += qh[g * D + d] * kbuf[d];                                  \
+            scratch[g * L + t] = acc * scale;                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+    for (int64_t g = 0; g < G; ++g) {                                                                        \
+        float* sc = scratch + g * L;                                                                         \
+        float m = -FLT_MAX, sum = 0.f;                                                                       \
+        for (int64_t t = 0; t < n; ++t) m = sc[t] > m ? sc[t] : m;                                           \
+        for (int64_t t = 0; t < n; ++t) { sc[t] = expf(sc[t] - m); sum += sc[t]; }                           \
+        const float inv = 1.f / sum;                                                                         \
+        for (int64_t t = 0; t < n; ++t) sc[t] *= inv;                                                        \
+    }                                                                                                        \
+    float acc[GG * DD];                                                                                      \
+    for (int64_t i = 0; i < G * D; ++i) acc[i] = 0.f;                                                        \
+    for (int64_t t = 0; t < n; ++t) {                                                                        \
+        for (int64_t d = 0; d < D; ++d) kbuf[d] = LOAD(V[t * D + d]);                                        \
+        for (int64_t g = 0; g < G; ++g) {                                                                    \
+            const float p = scratch[g * L + t];                                                              \
+            for (int64_t d = 0; d < D; ++d) acc[g * D + d] += p * kbuf[d];                                   \
+        }                                                                                                    \
+    }                                                                                                        \
+    for (int64_t i = 0; i < G * D; ++i) oh[i] = acc[i];                                                      \
+}
+
+/* Grouped-query attention of one decode step for rows 0..S-1, on `threads` OpenMP threads (torch's own pool:
+   the library is linked against the libgomp torch already loaded). The cache of a layer is [rows, 2*KV, L, D]
+   (keys in heads 0..KV-1, values in KV..2KV-1); q is [S, KV*G, D] with a row stride of q_row_stride floats;
+   out is [S, KV*G, D], fp32. Row s attends to positions 0..pos[s]. scratch_all holds threads*G*L floats. */
+#define DEFINE_STEP(NAME, T, LOAD)                                                                           \
+DEFINE_HEAD(NAME##_any, T, LOAD, G_, D_)                                                                     \
+DEFINE_HEAD(NAME##_g1, T, LOAD, 1, 64)                                                                       \
+DEFINE_HEAD(NAME##_g3, T, LOAD, 3, 64)                                                                       \
+DEFINE_HEAD(NAME##_g4, T, LOAD, 4, 64)                                                                       \
+void NAME(const float* restrict q, int64_t q_row_stride, const T* restrict cache, const int64_t* restrict pos, \
+          float* restrict out, int64_t S, int64_t KV, int64_t G, int64_t L, int64_t D, float scale,         \
+          float* restrict scratch_all, int threads)                                                         \
+{                                                                                                            \
+    _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 2)")                                    \
+    for (int64_t s = 0; s < S; ++s) {                                                                        \
+        float* restrict scratch = scratch_all + (int64_t)omp_get_thread_num() * G * L;                       \
+        for (int64_t h = 0; h < KV; ++h) {                                                                   \
+            const T* K = cache + ((s * 2 * KV + h) * L) * D;                                                 \
+            const T* V = cache + ((s * 2 * KV + KV + h) * L) * D;                                            \
+            const float* qh = q + s * q_row_stride + h * G * D;                                              \
+            float* oh = out + (s * KV + h) * G * D;                                                          \
+            const int64_t n = pos[s] + 1;                                                                    \
+            if (D == 64 && G == 3) NAME##_g3(qh, K, V, n, L, G, D, scale, scratch, oh);                      \
+            else if (D == 64 && G == 1) NAME##_g1(qh, K, V, n, L, G, D, scale, scratch, oh);                 \
+            else if (D == 64 && G == 4) NAME##_g4(qh, K, V, n, L, G, D, scale, scratch, oh);                 \
+            else NAME##_any(qh, K, V, n, L, G, D, scale, scratch, oh);                                       \
+        }                                                                                                    \
+    }                                                                                                        \
+}
+
+DEFINE_STEP(decode_attention_f32, float, AS_FLOAT)
+DEFINE_STEP(decode_attention_bf16, uint16_t, bf16_to_float)
+"""
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+MAX_HEAD_DIM = 256  # kbuf in the kernel
+PROFILER_NAME = "workbench::decode_attention"  # its scope in torch.profiler traces (benchmarks/profile_engine.py)
+MAX_GROUP_X_DIM = 4096  # the generic path's accumulators on the stack: groups x head_dim floats
+
+_lock = threading.Lock()
+_state: dict = {}   # the loaded library and its thread pool, once per process
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build(folder: Path) -> Path:
+    """Compile SOURCE once per source, flags and machine into `folder` (atomic rename: concurrent builds are safe)."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc or gcc) on PATH")
+    key = hashlib.sha256("\0".join([SOURCE, *FLAGS, compiler, platform.machine(), platform.node()]).encode())
+    target = folder / f"decode_attention-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        source = Path(tmp) / "decode_attention.c"
+        source.write_text(SOURCE)
+        built = Path(tmp) / target.name
+        done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(built), "-lm"], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-400:]}")
+        os.replace(built, target)
+    return target
+
+
+def _load():
+    with _lock:
+        if "lib" not in _state:
+            _state["lib"], _state["error"] = None, None
+            if os.environ.get("WORKBENCH_ATTENTION", "kernel") != "kernel":
+                _state["error"] = "WORKBENCH_ATTENTION=" + os.environ["WORKBENCH_ATTENTION"]
+            else:
+                try:
+                    from .models import data_dir
+
+                    lib = ctypes.CDLL(str(_build(data_dir() / "kernels")))
+                    for fn in (lib.decode_attention_f32, lib.decode_attention_bf16):
+                        fn.restype = None
+                        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_void_p,
+                                                                                  ctypes.c_int]
+                    runtimes = _openmp_runtimes()
+                    if len(runtimes) > 1:  # a second OpenMP thread pool would fight torch's for the cores
+                        raise RuntimeError(f"the kernel loaded a second OpenMP runtime beside torch's: {runtimes}")
+                    _state["lib"] = lib
+                except (OSError, RuntimeError) as error:  # no compiler, a failed build: SDPA instead
+                    _state["error"] = str(error)
+        return _state["lib"]
+
+
+def available() -> bool:
+    """True when the kernel is compiled and loaded (False: no compiler, or WORKBENCH_ATTENTION=sdpa)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    _load()
+    return _state["error"]
+
+
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    return {line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libiomp" in line}
+
+
+def decode_attention(q: torch.Tensor, layer: torch.Tensor, positions: torch.Tensor, groups: int) -> torch.Tensor:
+    """Attention output [S, heads * D] (in the cache's dtype) of queries q [S, heads, D] (rows may be strided;
+    heads and D contiguous) against `layer` [rows >= S, 2 KV, L, D], row s seeing positions 0..positions[s].
+    Rows run on torch's threads (`torch.get_num_threads()`)."""
+    lib = _load()
+    S, heads, D = q.shape
+    KV, L = layer.shape[1] // 2, layer.shape[2]
+    if q.dtype != torch.float32:
+        q = q.float()
+    if q.stride(2) != 1 or q.stride(1) != D:
+        q = q.contiguous()
+    assert layer.is_contiguous() and positions.is_contiguous() and D <= MAX_HEAD_DIM and groups * D <= MAX_GROUP_X_DIM
+    assert heads == KV * groups
+    fn = lib.decode_attention_f32 if layer.dtype == torch.float32 else lib.decode_attention_bf16
+    threads = max(1, min(torch.get_num_threads(), S))
+    out = torch.empty(S, heads, D, dtype=torch.float32)
+    scratch = torch.empty(threads, groups * L, dtype=torch.float32)
+    with torch.profiler.record_function(PROFILER_NAME):  # a ctypes call is no torch op: name it for the profiler
+        fn(q.data_ptr(), q.stride(0), layer.data_ptr(), positions.data_ptr(), out.data_ptr(), S, KV, groups, L, D,
+           D ** -0.5, scratch.data_ptr(), threads)
+    out = out.view(S, heads * D)
+    return out if layer.dtype == torch.float32 else out.to(layer.dtype)
