@@ -121,3 +121,23 @@ def test_a_failed_build_falls_back_with_its_reason(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     available, reason = done.stdout.strip().splitlines()
     assert available == "False" and "no-such-cc" in reason
+
+
+def test_token_logprobs_kernel_matches_log_softmax():
+    """log p of the targets and the mean log p over the vocabulary, against torch's log_softmax."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(37, 5000, generator=g) * 4
+    logits[5, 17] = 80.0                                         # a dominant logit: the max shift matters
+    targets = torch.randint(0, 5000, (37,), generator=g)
+    targets[5] = 17
+    chosen, mean = torch.empty(37), torch.empty(37)
+    kernels.token_logprobs(logits, targets, chosen, mean)
+    reference = torch.log_softmax(logits.double(), -1)
+    assert torch.allclose(chosen.double(), reference.gather(-1, targets[:, None])[:, 0], atol=2e-5)
+    assert abs(float(chosen[5])) < 1e-6
+    assert torch.allclose(mean.double(), reference.mean(-1), atol=2e-5)
+    alone = torch.empty(1)
+    kernels.token_logprobs(logits[9:10].contiguous(), targets[9:10], alone)   # without `mean`; rows independent
+    assert torch.equal(alone, chosen[9:10])
+    with pytest.raises(AssertionError):
+        kernels.token_logprobs(logits, torch.full((37,), 5000), chosen)           # a target outside the vocabulary

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import kernels
 from .engine import LlamaEngine, left_padded, right_padded  # noqa: F401 (LlamaEngine: annotations)
 
 
@@ -82,8 +83,13 @@ def _score(engine: LlamaEngine, sequences: list[list[int]], score_from: list[int
         if len(flat):
             states = hidden.reshape(B * T, -1)[flat]
             targets = tokens.reshape(-1)[flat + 1]
+            compiled = kernels.available()
             for c in range(0, len(flat), SCORE_CHUNK):
                 logits = engine.logits(states[c:c + SCORE_CHUNK])                    # [rows, vocab] float32
+                if compiled:  # logsumexp, the target's logit and the mean in two passes over each row
+                    kernels.token_logprobs(logits, targets[c:c + SCORE_CHUNK], chosen[c:c + SCORE_CHUNK],
+                                           mean[c:c + SCORE_CHUNK] if statistics else None)
+                    continue
                 lse = torch.logsumexp(logits, dim=-1)
                 chosen[c:c + SCORE_CHUNK] = logits.gather(-1, targets[c:c + SCORE_CHUNK, None])[:, 0] - lse
                 if statistics:
