@@ -285,6 +285,9 @@ def make_row(name: str, ours: dict, naive: dict, peak: float, sizes: dict) -> di
             row["share_of_peak_work"] = round(ours["work_gflop"] / ours["seconds"] / peak["best"], 4)
         efficiency = row.get("share_of_peak_work", row["share_of_peak"])
         row["met"] = efficiency >= min_share and row["ratio"] >= min_ratio
+        if ours.get("matmul_seconds"):  # the same share had only the matmuls taken time (matmul_ceiling.py)
+            row["matmul_share_of_wall"] = round(ours["matmul_seconds"] / ours["seconds"], 3)
+            row["ceiling_share"] = round(efficiency * ours["seconds"] / ours["matmul_seconds"], 4)
     for key in ("mean_score", "perplexity"):  # the two sides computed the same thing
         if key in ours:
             row[f"{key}_ours_naive"] = [ours[key], naive[key]]
@@ -320,15 +323,18 @@ def markdown(report: dict) -> str:
             continue
         lines += [f"**{dtype}** (matmul peak {_peaks_text(table)}, measured in this run)\n",
                   "| workload | useful tok/s | naive tok/s | x naive | share of peak (of torch.mm's) "
-                  "| peak RSS (ours / naive) | target | met |", "|---|---|---|---|---|---|---|---|"]
+                  "| matmul-only ceiling | peak RSS (ours / naive) | target | met |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in table["rows"].values():
             if "ratio" not in r:
-                lines.append(f"| {r['workload']} | error | | | | | | |")
+                lines.append(f"| {r['workload']} | error | | | | | | | |")
                 continue
             torch_share = f" ({100 * r['share_of_torch_peak']:.0f}%)" if r.get("share_of_torch_peak") else ""
             work = f"; work done: {100 * r['share_of_peak_work']:.0f}%" if "share_of_peak_work" in r else ""
+            ceiling = (f"{100 * r['ceiling_share']:.0f}% (matmuls {100 * r['matmul_share_of_wall']:.0f}% of the time)"
+                       if "ceiling_share" in r else "-")
             lines.append(f"| {r['workload']} | {r['tok_per_s_ours']:.0f} | {r['tok_per_s_naive']:.0f} | "
-                         f"{r['ratio']:.2f} | {100 * r['share_of_peak']:.0f}%{torch_share}{work} | "
+                         f"{r['ratio']:.2f} | {100 * r['share_of_peak']:.0f}%{torch_share}{work} | {ceiling} | "
                          f"{r['peak_rss_mb_ours'] / 1e3:.2f} / {r['peak_rss_mb_naive'] / 1e3:.2f} GB | {r['target']} | "
                          f"{'yes' if r['met'] else '**no**'} |")
         lines.append("")
@@ -340,7 +346,10 @@ def markdown(report: dict) -> str:
         "done\" counts the judge's shared prefix once and its LM head once per item) or "
         "6 x parameters x tokens (fine-tuning), per second, over the machine's matmul peak in the table's dtype: the "
         "faster of torch's own `a @ b` (MKL for fp32) and oneDNN, measured in this run (in brackets: the share of "
-        "torch.mm's peak, the measure the issue used). Targets are judged against the higher peak. Naive: "
+        "torch.mm's peak, the measure the issue used). Targets are judged against the higher peak. Matmul-only ceiling: "
+        "the share the row would reach if everything but its matmuls took no time: every matmul the engine ran (shape "
+        "and count, logged during the timed run) timed alone at its shape, summed (`benchmarks/matmul_ceiling.py`); "
+        "in brackets, that sum as a share of the measured time. Naive: "
         "transformers `generate` (batches of 32) / a plain forward (judge: batches of 32, perplexity: 8) / "
         "bench_train.py's loop; each side in its own process. `benchmarks/bench.py`, JSON in "
         "`benchmarks/results/bench.json`.\n")
