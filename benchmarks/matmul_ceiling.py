@@ -60,7 +60,7 @@ def replay_seconds(shapes: Counter, dtype, repeats: int = 3) -> float:
     """Sum over distinct shapes of count x (best of `repeats` timed runs of that matmul alone, after one warm-up)."""
     import torch
 
-    from workbench.engine import _linear
+    from workbench.matmul import _linear
 
     total = 0.0
     weights: dict = {}

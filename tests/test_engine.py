@@ -277,7 +277,7 @@ def test_fp32_matmul_is_true_fp32_and_batch_invariant():
     F.linear elsewhere, and a row's result does not depend on the other rows of its batch (2 rows or more)."""
     import torch.nn.functional as F
 
-    from workbench.engine import _ONEDNN_FP32, _linear
+    from workbench.matmul import _ONEDNN_FP32, _linear
 
     assert _ONEDNN_FP32 == torch.backends.mkldnn.is_available()  # on unless WORKBENCH_FP32_MATMUL=torch
     x = torch.full((8, 576), 1 + 2 ** -12)           # not representable in bf16: rounds to 1 there
@@ -295,7 +295,7 @@ def test_fused_post_ops_match_the_plain_formulas_and_stay_batch_invariant():
     ops give, and a row's result still does not depend on its batch neighbours."""
     import torch.nn.functional as F
 
-    from workbench.engine import _linear_add, _swiglu
+    from workbench.matmul import _linear_add, _swiglu
 
     g = torch.Generator().manual_seed(1)
     x, residual = torch.randn(40, 576, generator=g), torch.randn(40, 576, generator=g)

@@ -81,9 +81,22 @@ def test_kernel_reads_a_bf16_cache():
     assert torch.allclose(out.double(), _reference(q.float(), cache.float(), positions, 3), atol=2e-2)
 
 
-def test_one_openmp_runtime_torch_and_the_kernel_share():
-    """The kernel runs on torch's OpenMP threads: loading it must not map a second runtime."""
-    assert len(kernels._openmp_runtimes()) <= 1
+def test_loading_the_kernel_adds_no_openmp_runtime_and_keeps_subnormal_floats(tmp_path):
+    """In a fresh process: the kernel runs on the OpenMP runtime torch loaded (loading it maps no new one), and
+    loading it leaves the process's float state alone (a library linked with -ffast-math would switch on
+    flush-to-zero: subnormal floats would become 0 in numpy and torch)."""
+    code = ("import numpy as np, torch\n"
+            "from workbench import kernels\n"
+            "before = kernels._openmp_runtimes()\n"
+            "assert kernels.available(), kernels.unavailable_reason()\n"
+            "assert kernels._openmp_runtimes() == before, (before, kernels._openmp_runtimes())\n"
+            "tiny = np.float32(1e-40)\n"
+            "assert tiny * np.float32(1.0) > 0 and float(torch.tensor(1e-40) * 1.0) > 0\n"
+            "print('ok', len(before))\n")
+    env = {**os.environ, "WORKBENCH_DATA": str(tmp_path)}  # a fresh build, not a cached library
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
+    assert list(tmp_path.glob("kernels/decode_attention-*.so"))
 
 
 def test_engine_gives_the_same_tokens_with_the_kernel_and_with_sdpa(tiny):

@@ -7,8 +7,11 @@ per-step Python and cache bookkeeping (its dynamic KV cache grows by concatenati
 rows that already finished, and samples over the full vocabulary with a sort. This engine
   * holds a preallocated KV cache, one request per row, each at its own position, K and V of a layer in
     one tensor (written with one indexed copy per layer and step);
-  * runs the model's own weights with fused QKV and gate/up matmuls in bf16 (or fp32), rotary applied to
-    Q and K in one pass, and computes logits only for the positions it samples from;
+  * runs the model's own weights with fused QKV and gate/up matmuls in bf16 (or fp32, on oneDNN, with the
+    residual adds and SwiGLU done as the matmuls' post-ops), rotary applied to Q and K in one pass, and
+    computes logits only for the positions it samples from;
+  * attends, in a decode step, with a small compiled kernel (`workbench/kernels.py`) that reads each row's
+    K/V only up to its own position (SDPA where no C compiler is found);
   * draws one uniform per row per step from a counter-based RNG keyed by the sample's own seed,
     so in fp32 a sample's text does not depend on which other requests shared its batch (in bf16 the
     kernels round differently with the batch's shape, and texts drift apart: README, Speed).
@@ -17,7 +20,6 @@ Other architectures use HF `generate` (see `workbench/sampling.py`).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
+from .matmul import _Int8Weight, _linear, _linear_add, _swiglu  # noqa: F401 (_Int8Weight: int8_gate)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -110,66 +113,6 @@ def left_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, 
         ids[row, width - len(seq):] = torch.tensor(seq)
         mask[row, width - len(seq):] = 1
     return ids, mask
-
-
-class _Int8Weight:
-    """A weight quantized to int8 per output channel, for W8A8 matmuls with per-row activation scales.
-
-    Activations are quantized per row (token), so a row's result never depends on the other rows
-    in its batch (fbgemm's dynamic quantization uses one scale per batch, which would).
-    """
-
-    def __init__(self, weight: torch.Tensor):
-        self.scale = weight.abs().amax(dim=1).clamp_min(1e-8) / 127.0            # [out]
-        self.qweight_t = torch.round(weight / self.scale[:, None]).to(torch.int8).t().contiguous()  # [in, out]
-
-
-# fp32 matmuls through oneDNN rather than torch's default BLAS: ATen sends fp32 `F.linear` to MKL, which on this
-# AMD EPYC reaches ~200 GFLOP/s on a 2048^2 GEMM where oneDNN (the library torch already uses for bf16) reaches
-# ~460, in true fp32 (an input not representable in bf16 comes out exact; errors vs float64 are of the same order
-# as MKL's). It takes the plain weight (no repacked copy, so no extra memory) and any leading dims. bf16 `F.linear`
-# already runs on oneDNN. `WORKBENCH_FP32_MATMUL=torch` switches back (benchmarks compare the two).
-_ONEDNN_FP32 = (os.environ.get("WORKBENCH_FP32_MATMUL", "onednn") == "onednn" and torch.backends.mkldnn.is_available()
-                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-
-
-def _linear(x: torch.Tensor, weight) -> torch.Tensor:
-    if not isinstance(weight, _Int8Weight):
-        if _ONEDNN_FP32 and x.dtype == torch.float32 and x.numel():
-            return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-        return F.linear(x, weight)
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1]).float()
-    row_scale = x2.abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
-    xq = torch.round(x2 / row_scale).to(torch.int8)
-    if xq.shape[0] <= 16:  # torch._int_mm wants more than 16 rows: pad
-        xq = torch.cat([xq, xq.new_zeros(17 - xq.shape[0], xq.shape[1])])
-    out = torch._int_mm(xq, weight.qweight_t)[: x2.shape[0]].float() * row_scale * weight.scale
-    return out.to(x.dtype).reshape(*shape[:-1], out.shape[-1])
-
-
-# The elementwise op after a matmul, done by oneDNN as the matmul writes its output (a "post-op") instead of by a
-# second pass over it: the residual add after o_proj and down_proj, SiLU on the gate and the product with up.
-# Measured on 1,024 prefill rows of SmolLM2's MLP (fp32, 2 cores): 16.5 -> 13.4 ms; same numbers to ~2e-7 relative.
-def _fused(x: torch.Tensor, weight) -> bool:
-    return _ONEDNN_FP32 and x.dtype == torch.float32 and not isinstance(weight, _Int8Weight) and bool(x.numel())
-
-
-def _linear_add(x: torch.Tensor, weight, residual: torch.Tensor) -> torch.Tensor:
-    """residual + x @ weight.T"""
-    if _fused(x, weight):
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
-    return residual + _linear(x, weight)
-
-
-def _swiglu(x: torch.Tensor, gate_up) -> torch.Tensor:
-    """silu(x @ gate.T) * (x @ up.T), with gate and up stacked in one weight [2 x inter, hidden]."""
-    if _fused(x, gate_up):
-        inter = gate_up.shape[0] // 2
-        gate = torch.ops.mkldnn._linear_pointwise(x, gate_up[:inter], None, "swish", [], "")
-        return torch.ops.mkldnn._linear_pointwise.binary(x, gate, gate_up[inter:], None, "mul")
-    gate, up = _linear(x, gate_up).chunk(2, dim=-1)
-    return F.silu(gate) * up
 
 
 @dataclass

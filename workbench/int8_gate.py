@@ -1,7 +1,7 @@
 """The int8 quality gate: `generate(quantize="int8")` runs int8 matmuls only where they keep the model's
 likelihood of real held-out text.
 
-int8 (W8A8 with a scale per weight row and per token, `engine._Int8Weight`, VNNI on x86) generates faster than
+int8 (W8A8 with a scale per weight row and per token, `matmul._Int8Weight`, VNNI on x86) generates faster than
 fp32 on a CPU, at a cost in quality that depends on the model: on SmolLM2-135M the mean negative log-likelihood
 of held-out corpus passages rose by 1.7% (README: Speed). The gate measures that cost once per loaded model, on
 `PASSAGES` held-out passages of the `corpus` task through the same scoring pass as the held-out evaluation, and

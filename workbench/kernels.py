@@ -131,7 +131,11 @@ void token_logprobs_f32(const float* restrict logits, int64_t R, int64_t V, cons
     }
 }
 """
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+# -ffast-math lets the compiler vectorize the reductions and expf (glibc's libmvec); it is given to the compile
+# step only: linking with it would add gcc's crtfastmath.o, whose constructor sets flush-to-zero and
+# denormals-are-zero for the whole process on load (hypothesis caught that: numpy lost its subnormal floats)
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+LINK_FLAGS = ["-shared", "-fopenmp"]
 MAX_HEAD_DIM = 256  # kbuf in the kernel
 PROFILER_NAME = "workbench::decode_attention"  # its scope in torch.profiler traces (benchmarks/profile_engine.py)
 MAX_GROUP_X_DIM = 4096  # the generic path's accumulators on the stack: groups x head_dim floats
@@ -149,7 +153,8 @@ def _build(folder: Path) -> Path:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
-    key = hashlib.sha256("\0".join([SOURCE, *FLAGS, compiler, platform.machine(), platform.node()]).encode())
+    key = hashlib.sha256("\0".join([SOURCE, *FLAGS, *LINK_FLAGS, compiler, platform.machine(),
+                                     platform.node()]).encode())
     target = folder / f"decode_attention-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -158,9 +163,12 @@ def _build(folder: Path) -> Path:
         source = Path(tmp) / "decode_attention.c"
         source.write_text(SOURCE)
         built = Path(tmp) / target.name
-        done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(built), "-lm"], capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-400:]}")
+        obj = Path(tmp) / "decode_attention.o"
+        for command in ([compiler, *FLAGS, "-c", str(source), "-o", str(obj)],
+                        [compiler, *LINK_FLAGS, str(obj), "-o", str(built), "-lm"]):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-400:]}")
         os.replace(built, target)
     return target
 
@@ -175,7 +183,10 @@ def _load():
                 try:
                     from .models import data_dir
 
-                    lib = ctypes.CDLL(str(_build(data_dir() / "kernels")))
+                    path = _build(data_dir() / "kernels")
+                    before = _openmp_runtimes()
+                    lib = ctypes.CDLL(str(path))
+                    added = _openmp_runtimes() - before
                     for fn in (lib.decode_attention_f32, lib.decode_attention_bf16):
                         fn.restype = None
                         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
@@ -184,9 +195,12 @@ def _load():
                     lib.token_logprobs_f32.restype = None
                     lib.token_logprobs_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-                    runtimes = _openmp_runtimes()
-                    if len(runtimes) > 1:  # a second OpenMP thread pool would fight torch's for the cores
-                        raise RuntimeError(f"the kernel loaded a second OpenMP runtime beside torch's: {runtimes}")
+                    # the library's libgomp.so.1 must resolve to the one torch loaded (its threads are the ones
+                    # torch uses); a runtime of its own would fight torch's threads for the cores. (Other
+                    # libraries may carry their own, renamed runtimes: scikit-learn does. Those are not ours.)
+                    if added:
+                        raise RuntimeError(f"the kernel loaded an OpenMP runtime of its own: {sorted(added)}")
+                    _state["added_runtimes"] = sorted(added)
                     _state["lib"] = lib
                 except (OSError, RuntimeError) as error:  # no compiler, a failed build: SDPA instead
                     _state["error"] = str(error)

@@ -1,0 +1,75 @@
+"""The engine's matmuls: fp32 on oneDNN, the elementwise op after a matmul as its post-op, and int8 (W8A8).
+
+    out = _linear(x, weight)                  # x @ weight.T (oneDNN in fp32, F.linear in bf16, int8 for _Int8Weight)
+    x = _linear_add(h, o_proj, x)             # x + h @ o_proj.T, the residual add fused into the matmul
+    act = _swiglu(h, gate_up)                 # silu(h @ gate.T) * (h @ up.T), gate and up stacked in one weight
+
+`workbench/engine.py` calls these three and nothing else for its matmuls (benchmarks/matmul_ceiling.py counts
+them there). Each keeps a row's result independent of the other rows of its batch (tests).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+
+class _Int8Weight:
+    """A weight quantized to int8 per output channel, for W8A8 matmuls with per-row activation scales.
+
+    Activations are quantized per row (token), so a row's result never depends on the other rows
+    in its batch (fbgemm's dynamic quantization uses one scale per batch, which would).
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        self.scale = weight.abs().amax(dim=1).clamp_min(1e-8) / 127.0            # [out]
+        self.qweight_t = torch.round(weight / self.scale[:, None]).to(torch.int8).t().contiguous()  # [in, out]
+
+
+# fp32 matmuls through oneDNN rather than torch's default BLAS: ATen sends fp32 `F.linear` to MKL, which on this
+# AMD EPYC reaches ~200 GFLOP/s on a 2048^2 GEMM where oneDNN (the library torch already uses for bf16) reaches
+# ~460, in true fp32 (an input not representable in bf16 comes out exact; errors vs float64 are of the same order
+# as MKL's). It takes the plain weight (no repacked copy, so no extra memory) and any leading dims. bf16 `F.linear`
+# already runs on oneDNN. `WORKBENCH_FP32_MATMUL=torch` switches back (benchmarks compare the two).
+_ONEDNN_FP32 = (os.environ.get("WORKBENCH_FP32_MATMUL", "onednn") == "onednn" and torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def _linear(x: torch.Tensor, weight) -> torch.Tensor:
+    if not isinstance(weight, _Int8Weight):
+        if _ONEDNN_FP32 and x.dtype == torch.float32 and x.numel():
+            return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+        return F.linear(x, weight)
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).float()
+    row_scale = x2.abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
+    xq = torch.round(x2 / row_scale).to(torch.int8)
+    if xq.shape[0] <= 16:  # torch._int_mm wants more than 16 rows: pad
+        xq = torch.cat([xq, xq.new_zeros(17 - xq.shape[0], xq.shape[1])])
+    out = torch._int_mm(xq, weight.qweight_t)[: x2.shape[0]].float() * row_scale * weight.scale
+    return out.to(x.dtype).reshape(*shape[:-1], out.shape[-1])
+
+
+# The elementwise op after a matmul, done by oneDNN as the matmul writes its output (a "post-op") instead of by a
+# second pass over it: the residual add after o_proj and down_proj, SiLU on the gate and the product with up.
+# Measured on 1,024 prefill rows of SmolLM2's MLP (fp32, 2 cores): 16.5 -> 13.4 ms; same numbers to ~2e-7 relative.
+def _fused(x: torch.Tensor, weight) -> bool:
+    return _ONEDNN_FP32 and x.dtype == torch.float32 and not isinstance(weight, _Int8Weight) and bool(x.numel())
+
+
+def _linear_add(x: torch.Tensor, weight, residual: torch.Tensor) -> torch.Tensor:
+    """residual + x @ weight.T"""
+    if _fused(x, weight):
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
+    return residual + _linear(x, weight)
+
+
+def _swiglu(x: torch.Tensor, gate_up) -> torch.Tensor:
+    """silu(x @ gate.T) * (x @ up.T), with gate and up stacked in one weight [2 x inter, hidden]."""
+    if _fused(x, gate_up):
+        inter = gate_up.shape[0] // 2
+        gate = torch.ops.mkldnn._linear_pointwise(x, gate_up[:inter], None, "swish", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, gate, gate_up[inter:], None, "mul")
+    gate, up = _linear(x, gate_up).chunk(2, dim=-1)
+    return F.silu(gate) * up
