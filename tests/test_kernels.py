@@ -60,6 +60,15 @@ def test_kernel_matches_sdpa_as_the_engine_calls_it():
     assert torch.allclose(kernels.decode_attention(q, cache, positions, G), sdpa, atol=5e-6)
 
 
+def test_kernel_refuses_positions_outside_the_cache():
+    cache, q, positions = _case(4, 3, 3, 64, 30)
+    positions[2] = 30                                                      # the cache holds positions 0..29
+    with pytest.raises(AssertionError):
+        kernels.decode_attention(q, cache, positions, 3)
+    with pytest.raises(AssertionError):
+        kernels.decode_attention(q, cache, positions.int().clamp(max=29), 3)   # int32 positions
+
+
 def test_kernel_rows_do_not_depend_on_their_batch():
     """A row's output is bit-identical whether it runs with 1, 5 or 64 other rows (and on 1 or 2 threads)."""
     cache, q, positions = _case(64, 3, 3, 64, 80)

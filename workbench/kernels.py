@@ -1,17 +1,22 @@
-"""A compiled decode-attention kernel for the engine: one query per row against that row's own cached keys.
+"""The engine's compiled C kernels: decode attention, and the scoring passes' log-probabilities.
+
+    out = decode_attention(q, cache_layer, positions, groups)    # one decode step's attention, one layer
+    token_logprobs(logits, targets, chosen, mean)                # log p of targets (and the vocabulary mean)
 
 Why: in a decode step each row attends with one query (three, with SmolLM2's grouped-query heads) to its own
-cache, so attention is a stream over the KV cache, not a GEMM. torch's SDPA runs it at ~12 GB/s here (its flash
-kernel is built for blocks of queries) and reads every row up to the longest row's position; on 128 rows x 112
-positions it took 2.0 ms a layer, 25% of a decode step. This kernel reads each row's K and V once, only up to that
-row's own position, and runs the rows in `torch.get_num_threads()` slices on Python threads (ctypes releases the
-GIL): 1.0 ms a layer on the same cache (2 cores, cold cache, fp32).
+cache, so attention is a stream over the KV cache, not a GEMM. torch's SDPA ran it at ~12 GB/s here (its flash
+kernel is built for blocks of queries) and reads every row up to the longest row's position: on 128 rows x 112
+positions, 1.5-2.0 ms a layer, 25% of a decode step. This kernel reads each row's K and V once, only up to that
+row's own position: 1.0 ms a layer on the same cache (2 cores, cold cache, fp32). The log-probability kernel does
+logsumexp, the target's logit and the vocabulary mean in two passes over a row of logits, ~3.5x torch's ops.
 
-It is C, compiled on first use with the machine's C compiler (`cc -O3 -march=native`, ~0.2 s) into
-`<data dir>/kernels/` and loaded with ctypes: no torch headers, no build step at install. Where no compiler is
-found, or `WORKBENCH_ATTENTION=sdpa` is set, `available()` is False and the engine uses SDPA, with the same
-numbers to float rounding (tests compare both). A row's result depends only on its own query and cache, so
-generation stays batch-invariant in fp32.
+They are C, compiled on first use with the machine's C compiler (`cc -O3 -march=native -ffast-math -fopenmp`,
+well under a second) into `<data dir>/kernels/`, and loaded with ctypes: no torch headers, no build step at
+install. Rows run on torch's own OpenMP threads: the library's libgomp.so.1 resolves to the one torch loaded
+(with Python threads instead, torch's spinning OpenMP worker held the second core and the kernel gained nothing
+end to end). Where no compiler is found, or `WORKBENCH_ATTENTION=sdpa` is set, `available()` is False and the
+engine uses SDPA and torch's ops, with the same numbers to float rounding (tests compare both). A row's result
+depends only on its own inputs, so generation stays batch-invariant in fp32.
 """
 from __future__ import annotations
 
@@ -200,7 +205,6 @@ def _load():
                     # libraries may carry their own, renamed runtimes: scikit-learn does. Those are not ours.)
                     if added:
                         raise RuntimeError(f"the kernel loaded an OpenMP runtime of its own: {sorted(added)}")
-                    _state["added_runtimes"] = sorted(added)
                     _state["lib"] = lib
                 except (OSError, RuntimeError) as error:  # no compiler, a failed build: SDPA instead
                     _state["error"] = str(error)
@@ -237,8 +241,10 @@ def decode_attention(q: torch.Tensor, layer: torch.Tensor, positions: torch.Tens
         q = q.float()
     if q.stride(2) != 1 or q.stride(1) != D:
         q = q.contiguous()
-    assert layer.is_contiguous() and positions.is_contiguous() and D <= MAX_HEAD_DIM and groups * D <= MAX_GROUP_X_DIM
-    assert heads == KV * groups
+    # the kernel trusts its inputs (a position past the cache would read out of bounds): check them here
+    assert layer.is_contiguous() and D <= MAX_HEAD_DIM and groups * D <= MAX_GROUP_X_DIM and heads == KV * groups
+    assert positions.dtype == torch.int64 and positions.is_contiguous() and positions.shape == (S,)
+    assert S <= layer.shape[0] and (S == 0 or 0 <= int(positions.min()) and int(positions.max()) < L)
     fn = lib.decode_attention_f32 if layer.dtype == torch.float32 else lib.decode_attention_bf16
     threads = max(1, min(torch.get_num_threads(), S))
     out = torch.empty(S, heads, D, dtype=torch.float32)
