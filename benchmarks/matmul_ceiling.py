@@ -28,22 +28,18 @@ class MatmulLog:
         from workbench import engine
 
         self._engine, self._saved = engine, {name: getattr(engine, name) for name in ("_linear", "_linear_add", "_swiglu")}
-        busy = []  # the fallbacks of _linear_add / _swiglu call _linear: count the outer call only
 
-        def recorded(name, original):
+        # the patched names are the engine's: the fallbacks inside workbench/matmul.py call matmul's own _linear,
+        # so a fused call is counted once
+        def recorded(original):
             def call(x, weight, *rest):
-                if not busy:
-                    out_features = getattr(weight, "shape", None) or weight.qweight_t.shape[::-1]
-                    self.shapes[(x.numel() // x.shape[-1], x.shape[-1], out_features[0])] += 1
-                busy.append(name)
-                try:
-                    return original(x, weight, *rest)
-                finally:
-                    busy.pop()
+                out_features = getattr(weight, "shape", None) or weight.qweight_t.shape[::-1]
+                self.shapes[(x.numel() // x.shape[-1], x.shape[-1], out_features[0])] += 1
+                return original(x, weight, *rest)
             return call
 
         for name, original in self._saved.items():
-            setattr(engine, name, recorded(name, original))
+            setattr(engine, name, recorded(original))
         return self
 
     def __exit__(self, *exc):
