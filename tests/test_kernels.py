@@ -105,7 +105,7 @@ def test_loading_the_kernel_adds_no_openmp_runtime_and_keeps_subnormal_floats(tm
     env = {**os.environ, "WORKBENCH_DATA": str(tmp_path)}  # a fresh build, not a cached library
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
-    assert list(tmp_path.glob("kernels/decode_attention-*.so"))
+    assert list(tmp_path.glob("kernels/workbench_kernels-*.so"))
 
 
 def test_engine_gives_the_same_tokens_with_the_kernel_and_with_sdpa(tiny):
@@ -129,6 +129,9 @@ def test_engine_gives_the_same_tokens_with_the_kernel_and_with_sdpa(tiny):
 def test_sdpa_is_chosen_when_asked_and_unknown_choices_are_refused(tiny):
     with pytest.raises(ValueError, match="attention must be"):
         LlamaEngine(tiny.model, attention="flash")
+    with pytest.raises(ValueError, match="fp32 and bf16"):
+        LlamaEngine(tiny.model, dtype=torch.float16, attention="kernel")
+    assert LlamaEngine(tiny.model, dtype=torch.float16).attention == "sdpa"
     code = ("from workbench import kernels; from workbench.engine import LlamaEngine; import sys;"
             "print(kernels.available(), kernels.unavailable_reason())")
     env = {**os.environ, "WORKBENCH_ATTENTION": "sdpa"}

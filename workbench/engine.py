@@ -156,7 +156,10 @@ class LlamaEngine:
         if attention not in (None, "kernel", "sdpa"):
             raise ValueError(f"attention must be None, 'kernel' or 'sdpa', not {attention!r}")
         if attention is None:
-            attention = "kernel" if self.dtype in (torch.float32, torch.bfloat16) and kernels.available() else "sdpa"
+            attention = "kernel" if self.dtype in kernels.DTYPES and kernels.available() else "sdpa"
+        elif attention == "kernel" and self.dtype not in kernels.DTYPES:
+            raise ValueError(f"the decode-attention kernel reads fp32 and bf16 caches, not {self.dtype}: "
+                             "use attention='sdpa' (or None)")
         elif attention == "kernel" and not kernels.available():
             raise RuntimeError(f"the decode-attention kernel is unavailable: {kernels.unavailable_reason()}")
         self.attention = attention

@@ -142,6 +142,7 @@ void token_logprobs_f32(const float* restrict logits, int64_t R, int64_t V, cons
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
 LINK_FLAGS = ["-shared", "-fopenmp"]
 MAX_HEAD_DIM = 256  # kbuf in the kernel
+DTYPES = (torch.float32, torch.bfloat16)  # the cache types decode_attention reads
 PROFILER_NAME = "workbench::decode_attention"  # its scope in torch.profiler traces (benchmarks/profile_engine.py)
 MAX_GROUP_X_DIM = 4096  # the generic path's accumulators on the stack: groups x head_dim floats
 
@@ -160,15 +161,15 @@ def _build(folder: Path) -> Path:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
     key = hashlib.sha256("\0".join([SOURCE, *FLAGS, *LINK_FLAGS, compiler, platform.machine(),
                                      platform.node()]).encode())
-    target = folder / f"decode_attention-{key.hexdigest()[:16]}.so"
+    target = folder / f"workbench_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        source = Path(tmp) / "decode_attention.c"
+        source = Path(tmp) / "workbench_kernels.c"
         source.write_text(SOURCE)
         built = Path(tmp) / target.name
-        obj = Path(tmp) / "decode_attention.o"
+        obj = Path(tmp) / "workbench_kernels.o"
         for command in ([compiler, *FLAGS, "-c", str(source), "-o", str(obj)],
                         [compiler, *LINK_FLAGS, str(obj), "-o", str(built), "-lm"]):
             done = subprocess.run(command, capture_output=True, text=True)
@@ -245,6 +246,7 @@ def decode_attention(q: torch.Tensor, layer: torch.Tensor, positions: torch.Tens
     assert layer.is_contiguous() and D <= MAX_HEAD_DIM and groups * D <= MAX_GROUP_X_DIM and heads == KV * groups
     assert positions.dtype == torch.int64 and positions.is_contiguous() and positions.shape == (S,)
     assert S <= layer.shape[0] and (S == 0 or 0 <= int(positions.min()) and int(positions.max()) < L)
+    assert layer.dtype in DTYPES, f"the kernel reads fp32 and bf16 caches, not {layer.dtype}"
     fn = lib.decode_attention_f32 if layer.dtype == torch.float32 else lib.decode_attention_bf16
     threads = max(1, min(torch.get_num_threads(), S))
     out = torch.empty(S, heads, D, dtype=torch.float32)
