@@ -39,14 +39,26 @@ def emit(result: dict, name: str, path: Path | None = None) -> None:
     path.write_text(text + "\n")
 
 
+def best_seconds(run, repeats: int, warmup: int = 1) -> float:
+    """The fastest of `repeats` timed calls of `run()`, after `warmup` untimed ones."""
+    import time
+
+    for _ in range(warmup):
+        run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def matmul_peaks(size: int = 1024, repeats: int = 20, dtype: str = "fp32") -> dict:
     """This machine's matmul rate in GFLOP/s (fp32, or "bf16") through each library torch can reach: "torch"
     (`a @ b`: ATen's BLAS, MKL for fp32 on x86), "onednn" (the same product through oneDNN,
     `torch.ops.mkldnn._linear_pointwise`, where available) and "best" (the higher). Each: the best of `repeats`
     square `size` x `size` products (2 n^3 FLOPs each) with torch's default threads, after a warm-up. The libraries
     differ by vendor: on an AMD EPYC, MKL's fp32 GEMM reached ~200 GFLOP/s and oneDNN's ~460 (true fp32 both)."""
-    import time
-
     import torch
 
     kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
@@ -54,16 +66,7 @@ def matmul_peaks(size: int = 1024, repeats: int = 20, dtype: str = "fp32") -> di
     products = {"torch": lambda: a @ b}
     if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         products["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
-    rates = {}
-    for name, product in products.items():
-        for _ in range(3):
-            product()
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - started)
-        rates[name] = 2 * size ** 3 / best / 1e9
+    rates = {name: 2 * size ** 3 / best_seconds(product, repeats, warmup=3) / 1e9 for name, product in products.items()}
     rates["best"] = max(rates.values())
     return rates
 

@@ -14,7 +14,6 @@ leaves them. bench.py reports it beside each measured share (README: Speed).
 """
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 
@@ -56,6 +55,7 @@ def replay_seconds(shapes: Counter, dtype, repeats: int = 3) -> float:
     """Sum over distinct shapes of count x (best of `repeats` timed runs of that matmul alone, after one warm-up)."""
     import torch
 
+    from common import best_seconds
     from workbench.matmul import _linear
 
     total = 0.0
@@ -63,12 +63,6 @@ def replay_seconds(shapes: Counter, dtype, repeats: int = 3) -> float:
     for (m, k, n), count in sorted(shapes.items()):
         if (n, k) not in weights:
             weights[(n, k)] = torch.randn(n, k, dtype=dtype) * k ** -0.5
-        x = torch.randn(m, k, dtype=dtype)
-        _linear(x, weights[(n, k)])
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            _linear(x, weights[(n, k)])
-            best = min(best, time.perf_counter() - started)
-        total += count * best
+        x, weight = torch.randn(m, k, dtype=dtype), weights[(n, k)]
+        total += count * best_seconds(lambda: _linear(x, weight), repeats)
     return total
