@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from workbench import kernels
-from workbench.engine import LlamaEngine, Request
-from workbench.sampling import stop_token_ids
+from workbench.engine import LlamaEngine, Request, right_padded
+from workbench.sampling import encode_prompt, stop_token_ids
 
 
 def _case(S, KV, G, D, L, dtype=torch.float32, seed=0):
@@ -166,3 +166,114 @@ def test_token_logprobs_kernel_matches_log_softmax():
     assert torch.equal(alone, chosen[9:10])
     with pytest.raises(AssertionError):
         kernels.token_logprobs(logits, torch.full((37,), 5000), chosen)           # a target outside the vocabulary
+
+
+def test_attention_kernel_with_row_indices_matches_the_reference():
+    """A packed prefill's queries: several per cache row, each at its own position (rows given per query)."""
+    g = torch.Generator().manual_seed(5)
+    KV, G, D, L = 3, 3, 64, 40
+    cache = torch.randn(6, 2 * KV, L, D, generator=g)
+    rows = torch.tensor([4, 4, 4, 1, 1, 5, 0])
+    positions = torch.tensor([10, 11, 12, 0, 1, 39, 7])
+    q = torch.randn(7, KV * G, D, generator=g)
+    out = kernels.decode_attention(q, cache, positions, G, rows)
+    assert torch.allclose(out.double(), _reference(q, cache[rows], positions, G), atol=2e-6)
+    with pytest.raises(AssertionError, match="outside the cache"):
+        kernels.decode_attention(q, cache, positions, G, torch.tensor([4, 4, 4, 1, 1, 6, 0]))
+
+
+def test_rms_norm_kernel_matches_transformers_norm():
+    """LlamaRMSNorm in fp32 (as the engine's torch path computes it), on strided rows; a row's result does not
+    depend on the other rows."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    g = torch.Generator().manual_seed(1)
+    norm = LlamaRMSNorm(96, eps=1e-5)
+    norm.weight.data = torch.randn(96, generator=g)
+    x = torch.randn(37, 2, 96, generator=g)[:, 1] * 30                      # rows with a stride of 192 floats
+    out = kernels.rms_norm(x, norm.weight.data, 1e-5)
+    with torch.no_grad():
+        assert torch.allclose(out, norm(x), rtol=2e-6, atol=2e-6)
+    assert torch.equal(kernels.rms_norm(x[5:6], norm.weight.data, 1e-5), out[5:6])
+    assert kernels.rms_norm(x.reshape(1, 37, 96), norm.weight.data, 1e-5).shape == (1, 37, 96)
+
+
+def test_rotary_kernel_matches_transformers_and_writes_k_and_v_to_the_cache():
+    """Q and K heads rotated as transformers' apply_rotary_pos_emb; V untouched; with a cache, each row's K and V
+    land in its cache row (given per row) at its position, and nothing else in the cache changes."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    g = torch.Generator().manual_seed(2)
+    H, KV, D, R, P = 4, 2, 16, 9, 50
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+    emb = torch.cat([torch.outer(torch.arange(P).float(), inv_freq)] * 2, dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    x = torch.randn(R, H + 2 * KV, D, generator=g)
+    positions = torch.randint(0, 30, (R,), generator=g)
+    q_ref, k_ref = apply_rotary_pos_emb(x[:, :H], x[:, H:H + KV], cos[positions], sin[positions], unsqueeze_dim=1)
+    rotated = x.clone()
+    kernels.rotary(rotated, positions, cos, sin, rotate=H + KV)
+    assert torch.allclose(rotated[:, :H], q_ref, atol=1e-6) and torch.allclose(rotated[:, H:H + KV], k_ref, atol=1e-6)
+    assert torch.equal(rotated[:, H + KV:], x[:, H + KV:])
+    cache = torch.zeros(12, 2 * KV, 30, D)
+    rows = torch.randperm(12, generator=g)[:R]
+    stored = x.clone()
+    kernels.rotary(stored, positions, cos, sin, rotate=H + KV, cache=cache, rows=rows)
+    assert torch.equal(stored, rotated)
+    expected = torch.zeros_like(cache)
+    expected[rows, :, positions] = rotated[:, H:]
+    assert torch.equal(cache, expected)
+    with pytest.raises(AssertionError):
+        kernels.rotary(x.clone(), positions.clamp(min=29) + 1, cos, sin, rotate=H + KV, cache=cache)  # past L
+
+
+def test_packed_prefill_matches_the_padded_prefill(tiny):
+    """Prompts packed end to end (chunks that cut prompts in two) give the padded SDPA prefill's last hidden states
+    and cache contents, after a shared prefix; engines without the kernel refuse to pack."""
+    engine = LlamaEngine(tiny.model)
+    prompts = ("What is 12+7?", "Name three colors.", "Hi", "Write a long poem about the sea and the sky.")
+    ids = [encode_prompt(tiny.tokenizer, p, True, None) for p in prompts]
+    P, prefix = engine.common_prefix(ids)
+    assert P > 8
+    width = max(map(len, ids))
+    padded, packed = engine.new_cache(5, width), engine.new_cache(5, width)
+    for cache in (padded, packed):
+        for layer, shared in zip(cache, prefix):
+            layer[1:, :, :P] = shared
+    tokens, lengths = right_padded(ids, P)
+    expected = engine.prefill(tokens, lengths, padded, slice(1, 5), prefix=prefix)
+    hidden = engine.prefill_packed([i[P:] for i in ids], packed, first_row=1, start=P, chunk=7)
+    assert torch.allclose(hidden, expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(padded, packed):
+        for row, seq in enumerate(ids, start=1):
+            assert torch.allclose(a[row, :, :len(seq)], b[row, :, :len(seq)], rtol=1e-5, atol=1e-5)
+        assert not b[0].any()                                                  # row 0 was not touched
+    sdpa = LlamaEngine(tiny.model, attention="sdpa")
+    with pytest.raises(ValueError, match="compiled attention kernel"):
+        sdpa.prefill_packed([ids[0]], sdpa.new_cache(1, width), 0)
+    with pytest.raises(ValueError, match="compiled attention kernel"):
+        sdpa.decode(torch.tensor([1]), torch.tensor([0]), sdpa.new_cache(1, 4), 1, rows=torch.tensor([0]))
+
+
+def test_generation_gives_the_same_tokens_with_packed_and_padded_prefill(tiny, monkeypatch):
+    """The scheduler packs short prompts (and pads long ones): the texts do not depend on which it did."""
+    from workbench import batching
+
+    ids = [tiny.tokenizer.encode(p) for p in ("What is 12+7?", "Name three colors.", "Hi", "Write a long poem.")]
+    stops = stop_token_ids(tiny.tokenizer, tiny.model)
+    engine = LlamaEngine(tiny.model)
+    runs, prefills = {}, []
+    monkeypatch.setattr(engine, "prefill", lambda *a, **k: prefills.append("padded") or LlamaEngine.prefill(
+        engine, *a, **k))
+    monkeypatch.setattr(engine, "prefill_packed", lambda *a, **k: prefills.append("packed") or
+                        LlamaEngine.prefill_packed(engine, *a, **k))
+    for packed, limit in ((True, batching.PACKED_MAX_TOKENS), (False, -1)):
+        monkeypatch.setattr(batching, "PACKED_MAX_TOKENS", limit)
+        for temperature in (0, 1.0):
+            prefills.clear()
+            requests = [Request(k, i, 7 + k, 30) for k, i in enumerate(ids)]
+            runs[packed, temperature] = {f.key: f.token_ids for f in engine.run(requests, stops, temperature,
+                                                                                top_k=50, slots=3)}
+            assert set(prefills) == {"packed" if packed else "padded"}
+    for temperature in (0, 1.0):
+        assert runs[True, temperature] == runs[False, temperature]

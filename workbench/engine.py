@@ -6,12 +6,16 @@ Why not `model.generate`: on this 2-core CPU, HF's batched generate spends most 
 per-step Python and cache bookkeeping (its dynamic KV cache grows by concatenation), keeps stepping
 rows that already finished, and samples over the full vocabulary with a sort. This engine
   * holds a preallocated KV cache, one request per row, each at its own position, K and V of a layer in
-    one tensor (written with one indexed copy per layer and step);
+    one tensor (written once per layer and step);
   * runs the model's own weights with fused QKV and gate/up matmuls in bf16 (or fp32, on oneDNN, with the
-    residual adds and SwiGLU done as the matmuls' post-ops), rotary applied to Q and K in one pass, and
-    computes logits only for the positions it samples from;
+    residual adds and SwiGLU done as the matmuls' post-ops), and computes logits only for the positions it
+    samples from;
   * attends, in a decode step, with a small compiled kernel (`workbench/kernels.py`) that reads each row's
-    K/V only up to its own position (SDPA where no C compiler is found);
+    K/V only up to its own position; in fp32 RMSNorm and rotary (with the cache write) are compiled too
+    (SDPA and torch's ops where no C compiler is found);
+  * prefills prompts for generation packed end to end, without padding, through the decode pass itself
+    (`prefill_packed`: each token attends to its row's cache up to its own position); the scoring passes and
+    long prompts use the padded `prefill` with SDPA;
   * draws one uniform per row per step from a counter-based RNG keyed by the sample's own seed,
     so in fp32 a sample's text does not depend on which other requests shared its batch (in bf16 the
     kernels round differently with the batch's shape, and texts drift apart: README, Speed).
@@ -163,6 +167,8 @@ class LlamaEngine:
         elif attention == "kernel" and not kernels.available():
             raise RuntimeError(f"the decode-attention kernel is unavailable: {kernels.unavailable_reason()}")
         self.attention = attention
+        # fp32 with the compiled kernels: RMSNorm and rotary (with the decode step's cache write) run in C too
+        self.compiled = attention == "kernel" and self.dtype == torch.float32
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -210,13 +216,15 @@ class LlamaEngine:
 
     # --------------------------------------------------------------------------- building blocks
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            return kernels.rms_norm(x, weight, self.eps)
         # as transformers' LlamaRMSNorm: statistics in fp32, scale in the model dtype
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
 
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = int(positions.max()) + 1
+    def _rope_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [>= n, D] in the engine's dtype, as transformers builds them (grown by doubling)."""
         cached, cos, sin = self._rope_cache
         if n > cached:
             size = max(n, 2 * cached, 256)
@@ -224,6 +232,14 @@ class LlamaEngine:
             emb = torch.cat([freqs, freqs], dim=-1)
             cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
             self._rope_cache = (size, cos, sin)
+        return cos, sin
+
+    def _rope(self, positions: torch.Tensor) -> tuple:
+        """What `_qkv` needs to rotate rows at `positions` (any shape): for the compiled kernel the flat positions
+        and the tables, for torch's ops cos and sin gathered at the positions."""
+        cos, sin = self._rope_tables(int(positions.max()) + 1)
+        if self.compiled:
+            return positions.reshape(-1).contiguous(), cos, sin
         return cos[positions], sin[positions]
 
     @staticmethod
@@ -246,16 +262,22 @@ class LlamaEngine:
         """An empty per-layer KV cache of `rows` x `length` positions."""
         return [torch.zeros(rows, 2 * self.n_kv, length, self.head_dim, dtype=self.dtype) for _ in self.layers]
 
-    def _qkv(self, x: torch.Tensor, norm_w, qkv_w, cos, sin, head_axis: int) -> torch.Tensor:
-        """Fused QKV of x with rotary applied to Q and K in place: [..., H + 2 KV, ..., D] with heads on
-        `head_axis` (1 for [B, heads, T, D], -2 for [S, heads, D])."""
+    def _qkv(self, x: torch.Tensor, norm_w, qkv_w, rope: tuple, head_axis: int, cache=None) -> torch.Tensor:
+        """Fused QKV of x with rotary (`rope`, from `_rope`) applied to Q and K in place: [..., H + 2 KV, ..., D]
+        with heads on `head_axis` (1 for [B, heads, T, D], -2 for [S, heads, D]). With `cache` (compiled path only: a
+        decode step's layer and its tokens' cache rows, None for rows 0..S-1) each token's K and V are written to
+        its cache row at its position."""
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         qkv = _linear(self._norm(x, norm_w), qkv_w)
         qkv = qkv.view(*x.shape[:-1], H + 2 * KV, D)
+        if self.compiled:
+            layer, rows = cache if cache is not None else (None, None)
+            kernels.rotary(qkv.view(-1, H + 2 * KV, D), *rope, rotate=H + KV, cache=layer, rows=rows)
         if head_axis == 1:
             qkv = qkv.transpose(1, 2)
-        qk = qkv.narrow(head_axis, 0, H + KV)
-        qk.copy_(self._rotate(qk, cos, sin))
+        if not self.compiled:
+            qk = qkv.narrow(head_axis, 0, H + KV)
+            qk.copy_(self._rotate(qk, *rope))
         return qkv
 
     @torch.inference_mode()
@@ -270,9 +292,9 @@ class LlamaEngine:
         B, T = tokens.shape
         H, KV = self.n_heads, self.n_kv
         start = prefix[0].shape[2] if prefix else 0
-        positions = torch.arange(start, start + T).expand(B, T)
-        cos, sin = self._rope(positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        rope = self._rope(torch.arange(start, start + T).expand(B, T))
+        if not self.compiled:
+            rope = tuple(t.unsqueeze(1) for t in rope)                                # [B, 1, T, D]
         if not start and bool((lengths == T).all()):
             mask = None  # no padding and no prefix: SDPA's own causal mask (same numbers, skips masked blocks)
         else:
@@ -283,7 +305,7 @@ class LlamaEngine:
             mask = mask.unsqueeze(1)                                                  # [B, 1, T, start + T]
         x = self.embed[tokens]
         for i, (n1, qkv_w, o_w, n2, gu_w, down_w) in enumerate(self.layers):
-            qkv = self._qkv(x, n1, qkv_w, cos, sin, head_axis=1)                      # [B, H + 2 KV, T, D]
+            qkv = self._qkv(x, n1, qkv_w, rope, head_axis=1)                          # [B, H + 2 KV, T, D]
             q, kv = qkv[:, :H], qkv[:, H:]
             if cache is not None:
                 cache[i][slots, :, start:start + T] = kv
@@ -294,6 +316,33 @@ class LlamaEngine:
             x = _linear_add(attn.transpose(1, 2).reshape(B, T, H * self.head_dim), o_w, x)
             x = self._mlp(x, n2, gu_w, down_w)
         return x if all_positions else x[torch.arange(B), lengths - 1]
+
+    @torch.inference_mode()
+    def prefill_packed(self, sequences: list[list[int]], cache: list, first_row: int, start: int = 0,
+                       chunk: int = 1024) -> torch.Tensor:
+        """Prefill for generation with the compiled attention kernel: sequence i's tokens go to cache row
+        first_row + i at positions start, start + 1, ... (positions < start, e.g. a shared prefix, already in the
+        cache); returns each sequence's last hidden state [B, hidden].
+
+        The prompts are packed end to end, without padding, and run through `decode` in chunks of `chunk`
+        tokens (a chunk may end inside a prompt: the next one reads that prompt's K/V from the cache). Against
+        right-padded batches with SDPA: no padded rows (128 instruction prompts: 4,402 real tokens, 5,208 padded)
+        and no per-layer mask and prefix copy."""
+        if self.attention != "kernel":
+            raise ValueError("prefill_packed needs the compiled attention kernel (use prefill)")
+        lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
+        if not len(sequences) or int(lengths.min()) < 1:
+            raise ValueError("prefill_packed needs at least one token per sequence")
+        tokens = torch.tensor([token for seq in sequences for token in seq])
+        rows = torch.repeat_interleave(torch.arange(first_row, first_row + len(sequences)), lengths)
+        positions = torch.cat([torch.arange(start, start + int(n)) for n in lengths])
+        last = lengths.cumsum(0) - 1                                                    # each sequence's last token
+        out = torch.empty(len(sequences), self.embed.shape[1], dtype=self.dtype)
+        for c in range(0, tokens.shape[0], chunk):
+            hidden = self.decode(tokens[c:c + chunk], positions[c:c + chunk], cache, rows=rows[c:c + chunk])
+            ends = (last >= c) & (last < c + chunk)
+            out[ends] = hidden[last[ends] - c]
+        return out
 
     def common_prefix(self, sequences: list[list[int]], minimum: int = 8) -> tuple[int, list | None]:
         """(P, per-layer K/V) of the start all `sequences` share, or (0, None) when shorter than `minimum`."""
@@ -307,24 +356,35 @@ class LlamaEngine:
         return cache
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: list, span: int) -> torch.Tensor:
-        """One step for rows 0..S-1 of the cache: token [S] at position [S]; attends to cache[:S, :, :span]."""
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: list, span: int | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One step for rows 0..S-1 of the cache: token [S] at position [S]; attends to cache[:S, :, :span].
+
+        With `rows` [S] (the compiled attention kernel only), token s belongs to cache row rows[s] instead, and
+        several tokens may share a row: `prefill_packed` runs prompts through this same pass, each token seeing
+        its row's cache up to its own position (K/V of a layer are written before any token reads them)."""
         S = tokens.shape[0]
+        if rows is not None and self.attention != "kernel":
+            raise ValueError("decode(rows=...) needs the compiled attention kernel; SDPA attends row s to cache row s")
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         group = H // KV
-        cos, sin = self._rope(positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                                  # [S, 1, D]
+        rope = self._rope(positions)
+        if not self.compiled:
+            rope = tuple(t.unsqueeze(1) for t in rope)                                # [S, 1, D]
         if self.attention == "sdpa":  # an additive float mask, built once per step (SDPA converts a boolean one per layer)
             visible = (torch.arange(span).unsqueeze(0) <= positions.unsqueeze(1)).view(S, 1, 1, span)
             mask = torch.zeros(S, 1, 1, span, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
-        rows = torch.arange(S)
+        cache_rows = torch.arange(S) if rows is None else rows
         x = self.embed[tokens]                                                         # [S, hidden]
         for i, (n1, qkv_w, o_w, n2, gu_w, down_w) in enumerate(self.layers):
-            qkv = self._qkv(x, n1, qkv_w, cos, sin, head_axis=-2)                      # [S, H + 2 KV, D]
             layer = cache[i]
-            layer[rows, :, positions] = qkv[:, H:]
-            if self.attention == "kernel":
-                attn = kernels.decode_attention(qkv[:, :H], layer, positions, group)  # each row to its own position
+            if self.compiled:  # the kernel writes K and V to the cache as it rotates
+                qkv = self._qkv(x, n1, qkv_w, rope, head_axis=-2, cache=(layer, rows))  # [S, H + 2 KV, D]
+            else:
+                qkv = self._qkv(x, n1, qkv_w, rope, head_axis=-2)
+                layer[cache_rows, :, positions] = qkv[:, H:]
+            if self.attention == "kernel":  # each token to its own row's cache, up to its own position
+                attn = kernels.decode_attention(qkv[:, :H], layer, positions, group, rows)
             else:  # one query per row: the query heads that share a KV head folded into SDPA's "length" axis,
                 # so grouped-query attention needs no copy of K/V
                 attn = F.scaled_dot_product_attention(
