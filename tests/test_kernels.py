@@ -257,7 +257,7 @@ def test_packed_prefill_matches_the_padded_prefill(tiny):
 
 def test_generation_gives_the_same_tokens_with_packed_and_padded_prefill(tiny, monkeypatch):
     """The scheduler packs short prompts (and pads long ones): the texts do not depend on which it did."""
-    from workbench import batching
+    from workbench import engine as engine_module
 
     ids = [tiny.tokenizer.encode(p) for p in ("What is 12+7?", "Name three colors.", "Hi", "Write a long poem.")]
     stops = stop_token_ids(tiny.tokenizer, tiny.model)
@@ -267,8 +267,8 @@ def test_generation_gives_the_same_tokens_with_packed_and_padded_prefill(tiny, m
         engine, *a, **k))
     monkeypatch.setattr(engine, "prefill_packed", lambda *a, **k: prefills.append("packed") or
                         LlamaEngine.prefill_packed(engine, *a, **k))
-    for packed, limit in ((True, batching.PACKED_MAX_TOKENS), (False, -1)):
-        monkeypatch.setattr(batching, "PACKED_MAX_TOKENS", limit)
+    for packed, limit in ((True, engine_module.PACKED_MAX_TOKENS), (False, -1)):
+        monkeypatch.setattr(engine_module, "PACKED_MAX_TOKENS", limit)
         for temperature in (0, 1.0):
             prefills.clear()
             requests = [Request(k, i, 7 + k, 30) for k, i in enumerate(ids)]
@@ -277,3 +277,25 @@ def test_generation_gives_the_same_tokens_with_packed_and_padded_prefill(tiny, m
             assert set(prefills) == {"packed" if packed else "padded"}
     for temperature in (0, 1.0):
         assert runs[True, temperature] == runs[False, temperature]
+
+
+def test_scoring_passes_give_the_same_numbers_packed_and_padded(tiny, monkeypatch):
+    """next_token_logits (after a shared chat prefix) and token_statistics, packed (`forward_packed`) and padded."""
+    from workbench import engine as engine_module
+    from workbench.scoring import next_token_logits, token_statistics
+
+    engine = LlamaEngine(tiny.model)
+    ids = [encode_prompt(tiny.tokenizer, p, True, None) for p in ("What is 12+7?", "Name three colors.", "Hi",
+                                                                    "Write a long poem about the sea and the sky.")]
+    calls = []
+    monkeypatch.setattr(engine, "forward_packed", lambda *a: calls.append(1) or LlamaEngine.forward_packed(engine, *a))
+    packed = next_token_logits(engine, ids, batch_size=3), token_statistics(engine, ids, [5, 9, 3, 12], batch_size=3)
+    assert len(calls) == 4                                                  # two batches in each pass
+    monkeypatch.setattr(engine_module, "PACKED_MAX_TOKENS", -1)
+    padded = next_token_logits(engine, ids, batch_size=3), token_statistics(engine, ids, [5, 9, 3, 12], batch_size=3)
+    assert len(calls) == 4
+    assert torch.allclose(packed[0], padded[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(packed[1], padded[1]):
+        assert len(a["logprob"]) == len(b["logprob"]) > 0
+        for key in ("logprob", "mean_logprob"):
+            assert torch.allclose(torch.from_numpy(a[key]), torch.from_numpy(b[key]), rtol=1e-5, atol=1e-5)

@@ -7,9 +7,9 @@ What it does, and why (each point measured in benchmarks/profile_engine.py and b
   * Requests are admitted shortest prompt first. With the compiled attention kernel a refill's prompts are
     prefilled together, packed end to end in chunks of PREFILL_TOKENS (`LlamaEngine.prefill_packed`): 128
     instruction prompts ran 4,402 real tokens instead of 5,208 padded ones, in 2.7-3.0 s instead of 3.5 s (fp32,
-    2 cores). Otherwise (SDPA, or prompts longer than PACKED_MAX_TOKENS) a refill's prefill runs in batches of
-    similar length (`scoring._length_batches`): in arrival order a batch of 16 instruction prompts was padded to
-    1.7x its real tokens and its prefill ran at 430 tok/s; sorted, 1.1x and 715 tok/s.
+    2 cores). Otherwise (SDPA, or prompts over `engine.PACKED_MAX_TOKENS`) a refill's prefill runs in batches
+    of similar length (`scoring._length_batches`): in arrival order a batch of 16 instruction prompts was padded
+    to 1.7x its real tokens and its prefill ran at 430 tok/s; sorted, 1.1x and 715 tok/s.
   * The active requests always sit in cache rows 0..n-1. When some finish, the last active rows move into
     their places (a copy of the moved rows' filled positions only), so a decode step works on a contiguous view
     of the cache, never computes a finished row, and no cache is rebuilt to shrink it.
@@ -35,9 +35,7 @@ MEMORY_SHARE = 0.25         # share of the available memory the KV cache may tak
 REFILL_SHARE = 1 / 16       # refill once this share of the slots is free
 PREFILL_ROWS = 32           # rows per padded prefill batch (~1,000 prompt tokens: the matmuls run near the peak)
 PREFILL_TOKENS = 1024       # tokens per chunk of a packed prefill (the same matmul sizes, no padding)
-PACKED_MAX_TOKENS = 1024    # prompts up to this many tokens (after the shared prefix) are prefilled packed: equal-
-                            # length prompts, packed vs padded + SDPA, 2 cores: 64 tokens 0.87x the time, 128-1,024
-                            # 0.91-0.99x; its queries each read their row's cache (SDPA blocks them), so not longer
+
 
 
 def available_memory_bytes() -> int | None:
@@ -65,9 +63,8 @@ def default_slots(kv_bytes_per_slot: int, requests: int, max_cache_bytes: int | 
 
 
 def _packed(engine, batch: list[Request], P: int) -> bool:
-    """Whether `batch` is prefilled packed (`LlamaEngine.prefill_packed`): with the compiled attention kernel, and
-    for prompts up to PACKED_MAX_TOKENS of their own."""
-    return engine.attention == "kernel" and max(len(r.prompt_ids) for r in batch) - P <= PACKED_MAX_TOKENS
+    """Whether `batch` is prefilled packed (`LlamaEngine.prefill_packed`) rather than padded."""
+    return engine.packs(max(len(r.prompt_ids) for r in batch) - P)
 
 
 class _Rows:

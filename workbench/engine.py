@@ -137,6 +137,9 @@ class Finished:
 
 
 SUPPORTED = ("llama",)
+PACKED_MAX_TOKENS = 1024    # sequences up to this many tokens (after a shared prefix) run packed: equal-length
+                            # prompts, packed vs padded + SDPA, 2 cores: 64 tokens 0.87x the time, 128-1,024
+                            # 0.91-0.99x; a packed query reads its row's cache alone (SDPA blocks queries), so not longer
 
 
 def supports(model) -> bool:
@@ -317,6 +320,24 @@ class LlamaEngine:
             x = self._mlp(x, n2, gu_w, down_w)
         return x if all_positions else x[torch.arange(B), lengths - 1]
 
+    def packs(self, longest: int) -> bool:
+        """Whether sequences of up to `longest` tokens (after a shared prefix) run packed (`prefill_packed`,
+        `forward_packed`): with the compiled attention kernel, up to PACKED_MAX_TOKENS."""
+        return self.attention == "kernel" and longest <= PACKED_MAX_TOKENS
+
+    def _packed(self, sequences: list[list[int]], start: int, first_row: int) -> tuple:
+        """Sequences end to end: tokens, positions (start, start + 1, ... per sequence), cache rows (first_row + i
+        for sequence i) [N], and lengths [B]."""
+        if self.attention != "kernel":
+            raise ValueError("a packed pass needs the compiled attention kernel (use prefill)")
+        lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
+        if not len(sequences) or int(lengths.min()) < 1:
+            raise ValueError("a packed pass needs at least one token per sequence")
+        tokens = torch.tensor([token for seq in sequences for token in seq])
+        rows = torch.repeat_interleave(torch.arange(first_row, first_row + len(sequences)), lengths)
+        positions = torch.cat([torch.arange(start, start + int(n)) for n in lengths])
+        return tokens, positions, rows, lengths
+
     @torch.inference_mode()
     def prefill_packed(self, sequences: list[list[int]], cache: list, first_row: int, start: int = 0,
                        chunk: int = 1024) -> torch.Tensor:
@@ -328,14 +349,7 @@ class LlamaEngine:
         tokens (a chunk may end inside a prompt: the next one reads that prompt's K/V from the cache). Against
         right-padded batches with SDPA: no padded rows (128 instruction prompts: 4,402 real tokens, 5,208 padded)
         and no per-layer mask and prefix copy."""
-        if self.attention != "kernel":
-            raise ValueError("prefill_packed needs the compiled attention kernel (use prefill)")
-        lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
-        if not len(sequences) or int(lengths.min()) < 1:
-            raise ValueError("prefill_packed needs at least one token per sequence")
-        tokens = torch.tensor([token for seq in sequences for token in seq])
-        rows = torch.repeat_interleave(torch.arange(first_row, first_row + len(sequences)), lengths)
-        positions = torch.cat([torch.arange(start, start + int(n)) for n in lengths])
+        tokens, positions, rows, lengths = self._packed(sequences, start, first_row)
         last = lengths.cumsum(0) - 1                                                    # each sequence's last token
         out = torch.empty(len(sequences), self.embed.shape[1], dtype=self.dtype)
         for c in range(0, tokens.shape[0], chunk):
@@ -343,6 +357,17 @@ class LlamaEngine:
             ends = (last >= c) & (last < c + chunk)
             out[ends] = hidden[last[ends] - c]
         return out
+
+    @torch.inference_mode()
+    def forward_packed(self, sequences: list[list[int]], start: int = 0, prefix: list | None = None) -> torch.Tensor:
+        """Hidden states [total tokens, hidden] of every token of `sequences`, end to end (each sequence continuing
+        `prefix`, the per-layer K/V of `start` shared positions, if given): the scoring passes' forward with the
+        compiled attention kernel, without padding. Every token goes through a layer before the next layer, so
+        one layer's K/V serves as the whole cache (`_OneLayerCache`)."""
+        tokens, positions, rows, lengths = self._packed(sequences, start, 0)
+        scratch = torch.empty(len(sequences), 2 * self.n_kv, start + int(lengths.max()), self.head_dim,
+                              dtype=self.dtype)
+        return self.decode(tokens, positions, _OneLayerCache(scratch, prefix), rows=rows)
 
     def common_prefix(self, sequences: list[list[int]], minimum: int = 8) -> tuple[int, list | None]:
         """(P, per-layer K/V) of the start all `sequences` share, or (0, None) when shorter than `minimum`."""
@@ -402,6 +427,19 @@ class LlamaEngine:
         from .batching import run_requests
 
         return run_requests(self, requests, stop_ids, temperature, top_k, top_p, min_p, slots, min_shared_prefix)
+
+
+class _OneLayerCache:
+    """`decode`'s per-layer cache for a pass that runs every token through a layer before the next
+    (`forward_packed`): one tensor serves every layer, and layer i's shared-prefix K/V are copied into it first."""
+
+    def __init__(self, scratch: torch.Tensor, prefix: list | None):
+        self.scratch, self.prefix = scratch, prefix
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.prefix is not None:
+            self.scratch[:, :, :self.prefix[i].shape[2]] = self.prefix[i]
+        return self.scratch
 
 
 # ------------------------------------------------------------------------------- scoring helpers
