@@ -299,3 +299,19 @@ def test_scoring_passes_give_the_same_numbers_packed_and_padded(tiny, monkeypatc
         assert len(a["logprob"]) == len(b["logprob"]) > 0
         for key in ("logprob", "mean_logprob"):
             assert torch.allclose(torch.from_numpy(a[key]), torch.from_numpy(b[key]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("V,k", [(49152, 50), (1000, 10), (77, 50), (50, 50), (130, 1), (3840, 60), (3843, 60)])
+def test_topk_kernel_matches_torch_topk(V, k):
+    """Values and indices as torch.topk's, largest first, for vocabularies in whole and partial blocks of 64."""
+    logits = torch.randn(9, V, generator=torch.Generator().manual_seed(V)) * 3
+    values, index = kernels.topk(logits, k)
+    expected = torch.topk(logits, k)
+    assert torch.equal(values, expected.values) and torch.equal(index, expected.indices)
+
+
+def test_topk_kernel_keeps_the_lower_index_among_equal_values():
+    logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
+    logits[:, 5:40] = 7.0                                                    # 35 tied maxima, across two blocks
+    values, index = kernels.topk(logits, 10)
+    assert index.tolist() == [list(range(5, 15))] * 3 and bool((values == 7.0).all())

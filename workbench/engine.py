@@ -58,13 +58,15 @@ def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: 
     min-p keeps the tokens whose probability is >= min_p times the most likely token's (as transformers'
     MinPLogitsWarper); renormalizing after top-k/top-p does not change that ratio. temperature must be > 0.
     """
-    logits = logits.float() / temperature
-    if top_k and top_k < logits.shape[-1]:
-        values, index = torch.topk(logits, top_k, dim=-1)  # sorted, largest first
+    logits = logits.float()
+    if top_k and top_k < logits.shape[-1]:  # sorted, largest first; the temperature divides only the k kept
+        compiled = logits.dim() == 2 and logits.is_contiguous() and kernels.available()
+        values, index = kernels.topk(logits, top_k) if compiled else torch.topk(logits, top_k, dim=-1)
+        values = values / temperature
     elif top_p < 1.0:
-        values, index = torch.sort(logits, dim=-1, descending=True)
+        values, index = torch.sort(logits / temperature, dim=-1, descending=True)
     else:
-        values, index = logits, None
+        values, index = logits / temperature, None
     probs = torch.softmax(values, dim=-1)
     if top_p < 1.0:
         before = torch.cumsum(probs, dim=-1) - probs
