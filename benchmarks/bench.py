@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("WORKBENCH_PROGRESS", "off")
 
-from common import RESULTS, machine_info, matmul_peaks, write_readme_block  # noqa: E402
+from common import RESULTS, machine_info, matmul_peaks, read_bandwidth_gbs, write_readme_block  # noqa: E402
 from matmul_ceiling import MatmulLog, replay_seconds  # noqa: E402
 
 MODEL = "smollm2-135m"
@@ -230,7 +230,8 @@ def run_child(args) -> dict:
         result.update(load_seconds=round(load_s, 2), parameters=n_params(lm.model), dtype=lm.dtype)
         if args.side == "ours":  # the matmul-only floor of what it just ran (matmul_ceiling.py), after the timing
             result.update(matmul_seconds=round(replay_seconds(matmuls.shapes, lm.model.dtype), 3),
-                          matmul_gflop=round(matmuls.flops / 1e9, 1), matmul_shapes=len(matmuls.shapes))
+                          matmul_gflop=round(matmuls.flops / 1e9, 1), matmul_shapes=len(matmuls.shapes),
+                          kv_read_gb=round(matmuls.kv_bytes / 1e9, 3))
     result["seconds"] = round(result["seconds"], 3)
     result["tok_per_s"] = round(result["useful_tokens"] / max(result["seconds"], 1e-9), 2)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -260,7 +261,7 @@ def label(name: str, sizes: dict) -> str:
             "finetune": f"fine-tune (full SFT): {size} steps of 8 x 128 tokens"}[name]
 
 
-def make_row(name: str, ours: dict, naive: dict, peak: float, sizes: dict) -> dict:
+def make_row(name: str, ours: dict, naive: dict, peak: float, sizes: dict, bandwidth: float | None = None) -> dict:
     row = {"workload": label(name, sizes), "ours": ours, "naive": naive}
     if "error" in ours or "error" in naive:
         return {**row, "met": None, "target": "-"}
@@ -288,6 +289,9 @@ def make_row(name: str, ours: dict, naive: dict, peak: float, sizes: dict) -> di
         if ours.get("matmul_seconds"):  # the same share had only the matmuls taken time (matmul_ceiling.py)
             row["matmul_share_of_wall"] = round(ours["matmul_seconds"] / ours["seconds"], 3)
             row["ceiling_share"] = round(efficiency * ours["seconds"] / ours["matmul_seconds"], 4)
+            if ours.get("kv_read_gb") and bandwidth:  # ... and attention had only read its KV cache from memory
+                floor = ours["matmul_seconds"] + ours["kv_read_gb"] / bandwidth
+                row["ceiling_share_with_kv"] = round(efficiency * ours["seconds"] / floor, 4)
     for key in ("mean_score", "perplexity"):  # the two sides computed the same thing
         if key in ours:
             row[f"{key}_ours_naive"] = [ours[key], naive[key]]
@@ -295,18 +299,19 @@ def make_row(name: str, ours: dict, naive: dict, peak: float, sizes: dict) -> di
 
 
 def run_table(args, dtype: str, configs: list[str], sizes: dict) -> dict:
-    before = matmul_peaks(dtype=dtype)
-    log(f"{dtype}: matmul peaks {before}")
+    before, bandwidth = matmul_peaks(dtype=dtype), read_bandwidth_gbs()
+    log(f"{dtype}: matmul peaks {before}, memory read {bandwidth:.1f} GB/s")
     sides = {}
     for i, name in enumerate(configs):
         log(f"{dtype} [{i + 1}/{len(configs)}] {name}")
         sides[name] = {side: run_side(args, name, side, dtype) for side in ("ours", "naive")}
     after = matmul_peaks(dtype=dtype)
+    bandwidth = round(max(bandwidth, read_bandwidth_gbs()), 1)
     peaks = {library: round(max(before[library], after[library]), 1) for library in before}
-    log(f"{dtype}: matmul peaks {after} after the rows; using {peaks}")
-    rows = {name: make_row(name, s["ours"], s["naive"], peaks, sizes) for name, s in sides.items()}
+    log(f"{dtype}: matmul peaks {after} after the rows; using {peaks}, memory read {bandwidth} GB/s")
+    rows = {name: make_row(name, s["ours"], s["naive"], peaks, sizes, bandwidth) for name, s in sides.items()}
     return {"status": "measured", "matmul_peak_gflops": peaks["best"], "matmul_peaks_gflops": peaks,
-            "matmul_peaks_before_after": [before, after], "rows": rows}
+            "matmul_peaks_before_after": [before, after], "read_bandwidth_gbs": bandwidth, "rows": rows}
 
 
 def _peaks_text(table: dict) -> str:
@@ -333,6 +338,8 @@ def markdown(report: dict) -> str:
             work = f"; work done: {100 * r['share_of_peak_work']:.0f}%" if "share_of_peak_work" in r else ""
             ceiling = (f"{100 * r['ceiling_share']:.0f}% (matmuls {100 * r['matmul_share_of_wall']:.0f}% of the time)"
                        if "ceiling_share" in r else "-")
+            if "ceiling_share_with_kv" in r:
+                ceiling += f"; with KV reads: {100 * r['ceiling_share_with_kv']:.0f}%"
             lines.append(f"| {r['workload']} | {r['tok_per_s_ours']:.0f} | {r['tok_per_s_naive']:.0f} | "
                          f"{r['ratio']:.2f} | {100 * r['share_of_peak']:.0f}%{torch_share}{work} | {ceiling} | "
                          f"{r['peak_rss_mb_ours'] / 1e3:.2f} / {r['peak_rss_mb_naive'] / 1e3:.2f} GB | {r['target']} | "
@@ -349,12 +356,16 @@ def markdown(report: dict) -> str:
         "torch.mm's peak, the measure the issue used). Targets are judged against the higher peak. Matmul-only ceiling: "
         "the share the row would reach if everything but its matmuls took no time: every matmul the engine ran (shape "
         "and count, logged during the timed run) timed alone at its shape, summed (`benchmarks/matmul_ceiling.py`); "
-        "in brackets, that sum as a share of the measured time. Naive: "
+        "in brackets, that sum as a share of the measured time; \"with KV reads\": the attention kernel's reads of the KV "
+        "cache (each row up to its furthest query, once per call) at the machine's measured memory read rate, added "
+        "to that sum. Naive: "
         "transformers `generate` (batches of 32) / a plain forward (judge: batches of 32, perplexity: 8) / "
         "bench_train.py's loop; each side in its own process. `benchmarks/bench.py`, JSON in "
         "`benchmarks/results/bench.json`.\n")
     lines.append(f"Measured {report['created_at'][:10]} on {m['cpu']} ({m['cores']} cores, bf16 native: "
-                 f"{m['bf16_native']}), torch {m['torch']}, {m['torch_threads']} threads; matmul peaks: {peaks}.\n")
+                 f"{m['bf16_native']}), torch {m['torch']}, {m['torch_threads']} threads; matmul peaks: {peaks}"
+                 + "".join(f"; memory read ({d}) {t['read_bandwidth_gbs']:.0f} GB/s" for d, t in report["tables"].items()
+                           if t.get("read_bandwidth_gbs")) + ".\n")
     return "\n".join(lines)
 
 

@@ -71,6 +71,16 @@ def matmul_peaks(size: int = 1024, repeats: int = 20, dtype: str = "fp32") -> di
     return rates
 
 
+def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
+    """This machine's memory read rate in GB/s: the best of `repeats` sums over an fp32 tensor of `megabytes` (far
+    larger than the caches), with torch's default threads. What a pass that streams data it cannot keep in the
+    caches (the KV cache, in a decode step's attention) reads at best."""
+    import torch
+
+    data = torch.ones(megabytes * 2 ** 20 // 4)
+    return data.numel() * 4 / best_seconds(data.sum, repeats, warmup=1) / 1e9
+
+
 def matmul_peak_gflops(size: int = 1024, repeats: int = 20, dtype: str = "fp32") -> float:
     """This machine's matmul peak in GFLOP/s (fp32, or "bf16"): the best library's rate (`matmul_peaks`). The
     ceiling the speed targets are measured against (a share of it), since machines differ between sessions."""

@@ -11,6 +11,11 @@ count x time. The result is a floor on the workload's time at the shapes its sch
 small decode steps included) and so a ceiling on its share of the machine's matmul peak: attention, sampling,
 norms, rotary and Python are all counted as free, and each matmul runs with its operands as warm as a tight loop
 leaves them. bench.py reports it beside each measured share (README: Speed).
+
+The log also counts the bytes of KV cache the attention kernel (`workbench.kernels.decode_attention`) reads: each
+cache row up to the furthest position a query of the call reads in it, once per call (the queries of a packed prefill
+share their row's reads). Attention cannot stream them faster than the machine reads memory, so bench.py adds those
+bytes at the measured read rate to the matmul floor for a second, tighter ceiling.
 """
 from __future__ import annotations
 
@@ -22,11 +27,24 @@ class MatmulLog:
 
     def __init__(self):
         self.shapes: Counter = Counter()
+        self.kv_bytes = 0   # KV cache read by the attention kernel (each row once per call, up to its furthest query)
 
     def __enter__(self):
-        from workbench import engine
+        from workbench import engine, kernels
 
         self._engine, self._saved = engine, {name: getattr(engine, name) for name in ("_linear", "_linear_add", "_swiglu")}
+        self._kernels, self._attention = kernels, kernels.decode_attention
+
+        def attention(q, layer, positions, groups, rows=None):
+            import torch
+
+            furthest = positions if rows is None else torch.zeros(layer.shape[0], dtype=torch.long).scatter_reduce(
+                0, rows, positions + 1, "amax") - 1
+            per_position = layer.shape[1] * layer.shape[3] * layer.element_size()  # K and V of every KV head
+            self.kv_bytes += int((furthest + 1).sum()) * per_position
+            return self._attention(q, layer, positions, groups, rows)
+
+        kernels.decode_attention = attention
 
         # the patched names are the engine's: the fallbacks inside workbench/matmul.py call matmul's own _linear,
         # so a fused call is counted once
@@ -44,6 +62,7 @@ class MatmulLog:
     def __exit__(self, *exc):
         for name, original in self._saved.items():
             setattr(self._engine, name, original)
+        self._kernels.decode_attention = self._attention
         return False
 
     @property

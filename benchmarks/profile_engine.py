@@ -53,7 +53,10 @@ are attention) and by the step's scopes:
   overhead   Python/framework time: the step's wall time minus every op's time (what the profiler charges to
              no op: Python, dispatch between ops, list/tensor bookkeeping, numpy), plus every other op, the
              small elementwise ones: RMS norms, rotary (mul/cat/neg/index of cos/sin), SiLU, residual adds,
-             embedding lookup (aten::index), mask building, dtype casts (aten::to/_to_copy), views
+             embedding lookup (aten::index), mask building, dtype casts (aten::to/_to_copy), views; in fp32 with
+             the compiled kernels, norms and rotary are `workbench::rms_norm` and `workbench::rotary` scopes, and
+             the rotary kernel also writes the step's K and V into the cache (the index_put_ counted as attention
+             where torch's ops run)
 
 Shares (the table) are of the median *unprofiled* wall time: matmul, attention and sampling are the medians
 of their kernel times under the profiler, overhead the rest (wall - those three), so the profiler's own
@@ -102,7 +105,7 @@ ATTENTION_OPS = {"aten::scaled_dot_product_attention", "aten::_scaled_dot_produc
                  "workbench::decode_attention"}  # the last: the engine's compiled kernel (workbench/kernels.py)
 SAMPLING_OPS = {"aten::log_softmax", "aten::_log_softmax", "aten::softmax", "aten::_softmax", "aten::gather",
                 "aten::topk", "aten::sort", "aten::cumsum", "aten::searchsorted", "aten::argmax",
-                "aten::multinomial"}
+                "aten::multinomial", "workbench::topk", "workbench::token_logprobs"}  # the last two: compiled kernels
 SCOPE = "profile::"
 
 
