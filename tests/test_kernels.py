@@ -182,40 +182,45 @@ def test_attention_kernel_with_row_indices_matches_the_reference():
         kernels.decode_attention(q, cache, positions, G, torch.tensor([4, 4, 4, 1, 1, 6, 0]))
 
 
-def test_rms_norm_kernel_matches_transformers_norm():
-    """LlamaRMSNorm in fp32 (as the engine's torch path computes it), on strided rows; a row's result does not
-    depend on the other rows."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_kernel_matches_transformers_norm(dtype):
+    """LlamaRMSNorm in fp32 (to float rounding) and in bf16 (bit for bit: the kernel rounds where torch's ops do), on
+    strided rows; a row's result does not depend on the other rows."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     g = torch.Generator().manual_seed(1)
-    norm = LlamaRMSNorm(96, eps=1e-5)
-    norm.weight.data = torch.randn(96, generator=g)
-    x = torch.randn(37, 2, 96, generator=g)[:, 1] * 30                      # rows with a stride of 192 floats
+    norm = LlamaRMSNorm(96, eps=1e-5).to(dtype)
+    norm.weight.data = torch.randn(96, generator=g).to(dtype)
+    x = (torch.randn(37, 2, 96, generator=g)[:, 1] * 30).to(dtype)         # rows with a stride of 192 values
     out = kernels.rms_norm(x, norm.weight.data, 1e-5)
     with torch.no_grad():
-        assert torch.allclose(out, norm(x), rtol=2e-6, atol=2e-6)
+        expected = norm(x)
+    assert out.dtype == dtype
+    assert torch.equal(out, expected) if dtype == torch.bfloat16 else torch.allclose(out, expected, rtol=2e-6, atol=2e-6)
     assert torch.equal(kernels.rms_norm(x[5:6], norm.weight.data, 1e-5), out[5:6])
     assert kernels.rms_norm(x.reshape(1, 37, 96), norm.weight.data, 1e-5).shape == (1, 37, 96)
 
 
-def test_rotary_kernel_matches_transformers_and_writes_k_and_v_to_the_cache():
-    """Q and K heads rotated as transformers' apply_rotary_pos_emb; V untouched; with a cache, each row's K and V
-    land in its cache row (given per row) at its position, and nothing else in the cache changes."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_kernel_matches_transformers_and_writes_k_and_v_to_the_cache(dtype):
+    """Q and K heads rotated as transformers' apply_rotary_pos_emb (bf16: bit for bit); V untouched; with a cache,
+    each row's K and V land in its cache row (given per row) at its position, and nothing else in the cache changes."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     g = torch.Generator().manual_seed(2)
     H, KV, D, R, P = 4, 2, 16, 9, 50
     inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
     emb = torch.cat([torch.outer(torch.arange(P).float(), inv_freq)] * 2, dim=-1)
-    cos, sin = emb.cos(), emb.sin()
-    x = torch.randn(R, H + 2 * KV, D, generator=g)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+    x = torch.randn(R, H + 2 * KV, D, generator=g).to(dtype)
     positions = torch.randint(0, 30, (R,), generator=g)
     q_ref, k_ref = apply_rotary_pos_emb(x[:, :H], x[:, H:H + KV], cos[positions], sin[positions], unsqueeze_dim=1)
     rotated = x.clone()
     kernels.rotary(rotated, positions, cos, sin, rotate=H + KV)
-    assert torch.allclose(rotated[:, :H], q_ref, atol=1e-6) and torch.allclose(rotated[:, H:H + KV], k_ref, atol=1e-6)
+    close = torch.equal if dtype == torch.bfloat16 else lambda a, b: torch.allclose(a, b, atol=1e-6)
+    assert close(rotated[:, :H], q_ref) and close(rotated[:, H:H + KV], k_ref)
     assert torch.equal(rotated[:, H + KV:], x[:, H + KV:])
-    cache = torch.zeros(12, 2 * KV, 30, D)
+    cache = torch.zeros(12, 2 * KV, 30, D, dtype=dtype)
     rows = torch.randperm(12, generator=g)[:R]
     stored = x.clone()
     kernels.rotary(stored, positions, cos, sin, rotate=H + KV, cache=cache, rows=rows)
@@ -315,3 +320,29 @@ def test_topk_kernel_keeps_the_lower_index_among_equal_values():
     logits[:, 5:40] = 7.0                                                    # 35 tied maxima, across two blocks
     values, index = kernels.topk(logits, 10)
     assert index.tolist() == [list(range(5, 15))] * 3 and bool((values == 7.0).all())
+
+
+def test_bf16_engine_stays_as_close_to_fp32_as_transformers_bf16(real_model_dir):
+    """In bf16 the engine (compiled norms and rotary, bit for bit transformers'; attention accumulated in fp32 from
+    the bf16 cache) is not transformers' bf16 to the bit, but as near the fp32 model: its last-token logits, packed
+    prefill and decode steps, against the fp32 forward, within twice transformers' own bf16 error."""
+    from workbench.models import load_model
+
+    fp32, bf16 = load_model("smollm2-135m", dtype="fp32"), load_model("smollm2-135m", dtype="bf16")
+    engine = LlamaEngine(bf16.model)
+    assert engine.compiled and engine.dtype == torch.bfloat16
+    prompts = ("What is 12+7?", "Name three colors.", "Write a long poem about the sea.")
+    ids = [encode_prompt(bf16.tokenizer, p, True, None) for p in prompts]
+    cache = engine.new_cache(3, max(map(len, ids)))
+    with torch.inference_mode():
+        heads = engine.prefill_packed([i[:-1] for i in ids], cache, 0)                # all but the last token
+        assert heads.shape == (3, bf16.model.config.hidden_size)
+        ours = engine.logits(engine.decode(torch.tensor([i[-1] for i in ids]),
+                                           torch.tensor([len(i) - 1 for i in ids]), cache, max(map(len, ids))))
+        for row, seq in enumerate(ids):
+            reference = fp32.model(torch.tensor([seq])).logits[0, -1]
+            theirs = bf16.model(torch.tensor([seq])).logits[0, -1].float()
+            ours_error, their_error = (ours[row] - reference).abs(), (theirs - reference).abs()
+            assert float(ours_error.max()) <= 2 * float(their_error.max()) + 0.05
+            assert float(ours_error.mean()) <= 2 * float(their_error.mean()) + 0.01
+            assert int(ours[row].argmax()) == int(reference.argmax())

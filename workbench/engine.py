@@ -11,7 +11,7 @@ rows that already finished, and samples over the full vocabulary with a sort. Th
     residual adds and SwiGLU done as the matmuls' post-ops), and computes logits only for the positions it
     samples from;
   * attends, in a decode step, with a small compiled kernel (`workbench/kernels.py`) that reads each row's
-    K/V only up to its own position; in fp32 RMSNorm and rotary (with the cache write) are compiled too
+    K/V only up to its own position; RMSNorm and rotary (with the cache write) are compiled too
     (SDPA and torch's ops where no C compiler is found);
   * prefills prompts for generation packed end to end, without padding, through the decode pass itself
     (`prefill_packed`: each token attends to its row's cache up to its own position); the scoring passes and
@@ -172,8 +172,8 @@ class LlamaEngine:
         elif attention == "kernel" and not kernels.available():
             raise RuntimeError(f"the decode-attention kernel is unavailable: {kernels.unavailable_reason()}")
         self.attention = attention
-        # fp32 with the compiled kernels: RMSNorm and rotary (with the decode step's cache write) run in C too
-        self.compiled = attention == "kernel" and self.dtype == torch.float32
+        # with the compiled attention kernel, RMSNorm and rotary (with the decode step's cache write) run in C too
+        self.compiled = attention == "kernel"
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

@@ -135,54 +135,69 @@ void NAME(const float* restrict q, int64_t q_row_stride, const T* restrict cache
 DEFINE_STEP(decode_attention_f32, float, AS_FLOAT)
 DEFINE_STEP(decode_attention_bf16, uint16_t, bf16_to_float)
 
-/* RMSNorm of fp32 rows, as transformers' LlamaRMSNorm: out[r] = w * (x[r] / sqrt(mean(x[r]^2) + eps)); x [R, N] with
-   a row stride of x_stride floats, out [R, N] contiguous. torch runs it as six ops over the rows (each a pass and
-   a temporary): on a decode step's 128 x 576 rows ~22 us hot, 50 us in a step, against ~4 here. */
-void rms_norm_f32(const float* restrict x, int64_t x_stride, const float* restrict w, float* restrict out,
-                  int64_t R, int64_t N, float eps, int threads)
-{
-    _Pragma("omp parallel for num_threads(threads) schedule(static)")
-    for (int64_t r = 0; r < R; ++r) {
-        const float* restrict xr = x + r * x_stride;
-        float squares = 0.f;
-        for (int64_t i = 0; i < N; ++i) squares += xr[i] * xr[i];
-        const float inv = 1.f / sqrtf(squares / (float)N + eps);
-        for (int64_t i = 0; i < N; ++i) out[r * N + i] = w[i] * (xr[i] * inv);
-    }
+/* Elementwise passes in the model's dtype T (float or bf16 as uint16_t), computed in fp32 and rounded to T where
+   transformers' ops round (ROUND: to T and back; STORE: to T), so bf16 gets transformers' bf16 numbers. */
+static inline uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch's casts (no NaNs here) */
+    union { float f; uint32_t u; } x; x.f = f; x.u += 0x7FFF + ((x.u >> 16) & 1); return (uint16_t)(x.u >> 16);
+}
+#define BF16_ROUND(f) bf16_to_float(float_to_bf16(f))
+
+/* RMSNorm, as transformers' LlamaRMSNorm: out[r] = w * T(x[r] / sqrt(mean(x[r]^2) + eps)), statistics in fp32; x
+   [R, N] with a row stride of x_stride, out [R, N] contiguous. torch runs it as six ops over the rows (each a pass
+   and a temporary): on a decode step's 128 x 576 rows ~22 us hot, 50 us in a step, against ~4 here. */
+#define DEFINE_NORM(NAME, T, LOAD, ROUND, STORE)                                                             \
+void NAME(const T* restrict x, int64_t x_stride, const T* restrict w, T* restrict out, int64_t R, int64_t N, \
+          float eps, int threads)                                                                            \
+{                                                                                                            \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                        \
+    for (int64_t r = 0; r < R; ++r) {                                                                        \
+        const T* restrict xr = x + r * x_stride;                                                             \
+        float squares = 0.f;                                                                                 \
+        for (int64_t i = 0; i < N; ++i) squares += LOAD(xr[i]) * LOAD(xr[i]);                               \
+        const float inv = 1.f / sqrtf(squares / (float)N + eps);                                             \
+        for (int64_t i = 0; i < N; ++i) out[r * N + i] = STORE(LOAD(w[i]) * ROUND(LOAD(xr[i]) * inv));      \
+    }                                                                                                        \
 }
 
-/* Rotary position embedding in place on the first `rotate` heads (of D floats) of each row of x [R, row_stride],
+/* Rotary position embedding in place on the first `rotate` heads (of D values) of each row of x [R, row_stride],
    row r at position pos[r], from tables cos/sin [P, D] laid out as transformers' (the D/2 frequencies twice):
-   first half a cos - b sin, second half b cos + a sin (a, b: the halves). Where `cache` is not NULL, the row's
-   next `store` heads (a decode step's K, rotated, and V) are then copied to cache row rows[r] (r where rows is NULL)
-   at position pos[r]: the cache is [rows, store, L, D]. One pass instead of torch's five (cat, neg, two products, a sum) and the cache's
-   indexed copy: on a decode step's 128 rows, 12 us + 15 us hot (95 + 113 us in a step) against ~10 here. */
-void rotary_f32(float* restrict x, int64_t R, int64_t row_stride, int64_t rotate, int64_t D,
-                const int64_t* restrict pos, const float* restrict cos_table, const float* restrict sin_table,
-                float* restrict cache, const int64_t* restrict rows, int64_t store, int64_t L, int threads)
-{
-    const int64_t half = D / 2;
-    _Pragma("omp parallel for num_threads(threads) schedule(static)")
-    for (int64_t r = 0; r < R; ++r) {
-        const float* restrict c = cos_table + pos[r] * D;
-        const float* restrict sn = sin_table + pos[r] * D;
-        float* restrict row = x + r * row_stride;
-        for (int64_t h = 0; h < rotate; ++h) {
-            float* restrict head = row + h * D;
-            for (int64_t i = 0; i < half; ++i) {
-                const float a = head[i], b = head[i + half];
-                head[i] = a * c[i] - b * sn[i];
-                head[i + half] = b * c[i + half] + a * sn[i + half];
-            }
-        }
-        if (cache)
-            for (int64_t h = 0; h < store; ++h) {
-                const float* restrict src = row + (rotate - store / 2 + h) * D;
-                float* restrict dst = cache + (((rows ? rows[r] : r) * store + h) * L + pos[r]) * D;
-                for (int64_t i = 0; i < D; ++i) dst[i] = src[i];
-            }
-    }
+   first half a cos - b sin, second half b cos + a sin (a, b: the halves; each product rounded to T, as torch's
+   ops). Where `cache` is not NULL, the row's next `store` heads (a decode step's K, rotated, and V) are then
+   copied to cache row rows[r] (r where rows is NULL) at position pos[r]: the cache is [rows, store, L, D]. One
+   pass instead of torch's five (cat, neg, two products, a sum) and the cache's indexed copy: on a decode step's
+   128 rows, 12 us + 15 us hot (95 + 113 us in a step) against ~10 here. */
+#define DEFINE_ROTARY(NAME, T, LOAD, ROUND, STORE)                                                           \
+void NAME(T* restrict x, int64_t R, int64_t row_stride, int64_t rotate, int64_t D,                           \
+          const int64_t* restrict pos, const T* restrict cos_table, const T* restrict sin_table,             \
+          T* restrict cache, const int64_t* restrict rows, int64_t store, int64_t L, int threads)            \
+{                                                                                                            \
+    const int64_t half = D / 2;                                                                              \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                        \
+    for (int64_t r = 0; r < R; ++r) {                                                                        \
+        const T* restrict c = cos_table + pos[r] * D;                                                        \
+        const T* restrict sn = sin_table + pos[r] * D;                                                       \
+        T* restrict row = x + r * row_stride;                                                                \
+        for (int64_t h = 0; h < rotate; ++h) {                                                               \
+            T* restrict head = row + h * D;                                                                  \
+            for (int64_t i = 0; i < half; ++i) {                                                             \
+                const float a = LOAD(head[i]), b = LOAD(head[i + half]);                                     \
+                head[i] = STORE(ROUND(a * LOAD(c[i])) - ROUND(b * LOAD(sn[i])));                             \
+                head[i + half] = STORE(ROUND(b * LOAD(c[i + half])) + ROUND(a * LOAD(sn[i + half])));       \
+            }                                                                                                \
+        }                                                                                                    \
+        if (cache)                                                                                           \
+            for (int64_t h = 0; h < store; ++h) {                                                            \
+                const T* restrict src = row + (rotate - store / 2 + h) * D;                                  \
+                T* restrict dst = cache + (((rows ? rows[r] : r) * store + h) * L + pos[r]) * D;             \
+                for (int64_t i = 0; i < D; ++i) dst[i] = src[i];                                             \
+            }                                                                                                \
+    }                                                                                                        \
 }
+
+DEFINE_NORM(rms_norm_f32, float, AS_FLOAT, AS_FLOAT, AS_FLOAT)
+DEFINE_NORM(rms_norm_bf16, uint16_t, bf16_to_float, BF16_ROUND, float_to_bf16)
+DEFINE_ROTARY(rotary_f32, float, AS_FLOAT, AS_FLOAT, AS_FLOAT)
+DEFINE_ROTARY(rotary_bf16, uint16_t, bf16_to_float, BF16_ROUND, float_to_bf16)
 
 /* The k largest of each row of fp32 logits [R, V] (k <= V), largest first (equal values: lower index first), into
    values [R, k] and index [R, k]. Two passes: the maximum of each block of 64 logits (vectorised), then only the
@@ -339,12 +354,14 @@ def _load():
                         fn.restype = None
                         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [
                             ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
-                    lib.rms_norm_f32.restype = None
-                    lib.rms_norm_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                                 ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
-                    lib.rotary_f32.restype = None
-                    lib.rotary_f32.argtypes = ([ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 5
-                                               + [ctypes.c_int64] * 2 + [ctypes.c_int])
+                    for fn in (lib.rms_norm_f32, lib.rms_norm_bf16):
+                        fn.restype = None
+                        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
+                    for fn in (lib.rotary_f32, lib.rotary_bf16):
+                        fn.restype = None
+                        fn.argtypes = ([ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 5
+                                       + [ctypes.c_int64] * 2 + [ctypes.c_int])
                     lib.topk_f32.restype = None
                     lib.topk_f32.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [
                         ctypes.c_int]
@@ -433,47 +450,49 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chosen: torch.Te
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' LlamaRMSNorm of fp32 `x` [..., N] (rows may be strided, the last dim contiguous) with fp32
-    `weight` [N], in one pass per row; a new contiguous tensor. Rows run on torch's threads."""
+    """transformers' LlamaRMSNorm of `x` [..., N] (fp32 or bf16; rows may be strided, the last dim contiguous) with
+    `weight` [N] of the same dtype, in one pass per row; a new contiguous tensor. Rows run on torch's threads."""
     lib = _load()
     N = x.shape[-1]
-    assert x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.shape == (N,) and weight.is_contiguous()
+    assert x.dtype in DTYPES and weight.dtype == x.dtype and weight.shape == (N,) and weight.is_contiguous()
     rows = x.reshape(-1, N) if x.dim() != 2 else x  # a view where it can be; the kernel takes any row stride
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    out = torch.empty(rows.shape, dtype=torch.float32)
+    out = torch.empty(rows.shape, dtype=x.dtype)
     R = rows.shape[0]
+    fn = lib.rms_norm_f32 if x.dtype == torch.float32 else lib.rms_norm_bf16
     with _scope("workbench::rms_norm"):
-        lib.rms_norm_f32(rows.data_ptr(), rows.stride(0), weight.data_ptr(), out.data_ptr(), R, N, eps,
-                         max(1, min(torch.get_num_threads(), R)))
+        fn(rows.data_ptr(), rows.stride(0), weight.data_ptr(), out.data_ptr(), R, N, eps,
+           max(1, min(torch.get_num_threads(), R)))
     return out.view(x.shape)
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate: int,
            cache: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> None:
-    """Rotary position embedding, in place, on the first `rotate` heads of fp32 `x` [R, heads, D] (contiguous),
-    row r at `positions[r]`, with tables `cos`/`sin` [P, D] (the D/2 frequencies twice, as transformers builds
-    them). With `cache` [rows, store, L, D]: the `store` heads from head `rotate - store / 2` on (a decode step's
-    K, rotated, and V) are then written to cache row rows[r] (row r where `rows` is None) at position positions[r]."""
+    """Rotary position embedding, in place, on the first `rotate` heads of `x` [R, heads, D] (fp32 or bf16,
+    contiguous), row r at `positions[r]`, with tables `cos`/`sin` [P, D] of x's dtype (the D/2 frequencies twice,
+    as transformers builds them). With `cache` [rows, store, L, D]: the `store` heads from head `rotate - store / 2`
+    on (a decode step's K, rotated, and V) are then written to cache row rows[r] (row r where `rows` is None) at
+    position positions[r]."""
     lib = _load()
     R, heads, D = x.shape
-    assert x.dtype == torch.float32 and x.is_contiguous() and D % 2 == 0 and 0 <= rotate <= heads
-    assert cos.dtype == sin.dtype == torch.float32 and cos.is_contiguous() and sin.is_contiguous()
+    assert x.dtype in DTYPES and x.is_contiguous() and D % 2 == 0 and 0 <= rotate <= heads
+    assert cos.dtype == sin.dtype == x.dtype and cos.is_contiguous() and sin.is_contiguous()
     assert cos.shape == sin.shape and cos.shape[1] == D
     assert positions.dtype == torch.int64 and positions.is_contiguous() and positions.shape == (R,)
     assert R == 0 or (0 <= int(positions.min()) and int(positions.max()) < cos.shape[0])
     store, L, pointer = 0, 0, None
     if cache is not None:
         store, L = cache.shape[1], cache.shape[2]
-        assert cache.dtype == torch.float32 and cache.is_contiguous() and cache.shape[3] == D
+        assert cache.dtype == x.dtype and cache.is_contiguous() and cache.shape[3] == D
         assert store % 2 == 0 and store // 2 <= rotate and rotate + store // 2 <= heads
         assert R == 0 or int(positions.max()) < L
         _check_rows(rows, R, cache.shape[0])
         pointer = cache.data_ptr()
+    fn = lib.rotary_f32 if x.dtype == torch.float32 else lib.rotary_bf16
     with _scope("workbench::rotary"):
-        lib.rotary_f32(x.data_ptr(), R, heads * D, rotate, D, positions.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-                       pointer, None if rows is None or cache is None else rows.data_ptr(), store, L,
-                       max(1, min(torch.get_num_threads(), R)))
+        fn(x.data_ptr(), R, heads * D, rotate, D, positions.data_ptr(), cos.data_ptr(), sin.data_ptr(), pointer,
+           None if rows is None or cache is None else rows.data_ptr(), store, L, max(1, min(torch.get_num_threads(), R)))
 
 
 def _check_rows(rows: torch.Tensor | None, n: int, cache_rows: int) -> None:
