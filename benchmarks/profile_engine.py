@@ -123,7 +123,8 @@ def decode_setup(engine, slots: int, context: int, seed: int):
     from torch.profiler import record_function
 
     from workbench.batching import PREFILL_ROWS, _Rows
-    from workbench.engine import Request, sample_tokens, uniforms
+    from workbench.engine import Request
+    from workbench.sampler import sample_tokens, uniforms
 
     g = torch.Generator().manual_seed(seed)
     vocab = engine.embed.shape[0]

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.engine import LlamaEngine, Request, sample_tokens, supports, uniforms
+from workbench.engine import LlamaEngine, Request, supports
+from workbench.sampler import sample_tokens, uniforms
 from workbench.sampling import encode_prompt, stop_token_ids
 
 PROMPTS = ["What is 12+7?", "Write a haiku about the sea.", "Name three colors.", "Hi"]
@@ -128,7 +129,7 @@ def test_filters_keep_the_same_tokens_as_transformers_warpers(temperature, top_k
     from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
                                                         TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-    from workbench.engine import filtered_probs
+    from workbench.sampler import filtered_probs
 
     torch.manual_seed(1)
     logits = torch.randn(64, 1000) * 3  # peaked enough that min-p keeps between one and a few hundred tokens

@@ -15,7 +15,7 @@ What it does, and why (each point measured in benchmarks/profile_engine.py and b
     of the cache, never computes a finished row, and no cache is rebuilt to shrink it.
   * Free rows are refilled once at least 1/16 of the slots are free: a prefill of one or two rows runs far
     below the matmul peak, and waiting a few steps costs those rows only.
-  * Each row draws its uniforms from a counter-based RNG keyed by its own seed and step (`engine.uniforms`),
+  * Each row draws its uniforms from a counter-based RNG keyed by its own seed and step (`sampler.uniforms`),
     so in fp32 a sample's tokens do not depend on which requests shared its batch, nor on the admission
     order (bf16 kernels round differently with the batch's shape: there they can).
 The number of slots comes from the caller; `default_slots` picks it from the model's KV size and free memory.
@@ -27,7 +27,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .engine import Finished, Request, right_padded, sample_tokens, uniforms
+from .engine import Finished, Request, right_padded
+from .sampler import sample_tokens, uniforms
 
 MAX_SLOTS = 128             # 256 instruction prompts x 128 tokens, fp32, 2 cores: 64 rows 228 tok/s (peak RSS 2.0 GB),
                             # 128 rows 306 (2.7 GB), 256 rows 325 (4.0 GB): the last doubling buys 6% for 1.3 GB
@@ -35,7 +36,6 @@ MEMORY_SHARE = 0.25         # share of the available memory the KV cache may tak
 REFILL_SHARE = 1 / 16       # refill once this share of the slots is free
 PREFILL_ROWS = 32           # rows per padded prefill batch (~1,000 prompt tokens: the matmuls run near the peak)
 PREFILL_TOKENS = 1024       # tokens per chunk of a packed prefill (the same matmul sizes, no padding)
-
 
 
 def available_memory_bytes() -> int | None:

@@ -14,10 +14,10 @@ rows that already finished, and samples over the full vocabulary with a sort. Th
     K/V only up to its own position; RMSNorm and rotary (with the cache write) are compiled too
     (SDPA and torch's ops where no C compiler is found);
   * prefills prompts for generation packed end to end, without padding, through the decode pass itself
-    (`prefill_packed`: each token attends to its row's cache up to its own position); the scoring passes and
-    long prompts use the padded `prefill` with SDPA;
-  * draws one uniform per row per step from a counter-based RNG keyed by the sample's own seed,
-    so in fp32 a sample's text does not depend on which other requests shared its batch (in bf16 the
+    (`prefill_packed`: each token attends to its row's cache up to its own position), and runs the scoring
+    passes packed too (`forward_packed`); prompts over PACKED_MAX_TOKENS take the padded `prefill` with SDPA;
+  * draws one uniform per row per step from a counter-based RNG keyed by the sample's own seed
+    (`workbench/sampler.py`), so in fp32 a sample's text does not depend on which other requests shared its batch (in bf16 the
     kernels round differently with the batch's shape, and texts drift apart: README, Speed).
 Its forward pass matches transformers' to float precision (tests compare logits and greedy text).
 Other architectures use HF `generate` (see `workbench/sampling.py`).
@@ -27,68 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import kernels
 from .matmul import _Int8Weight, _linear, _linear_add, _swiglu  # noqa: F401 (_Int8Weight: int8_gate)
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def uniforms(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """splitmix64(seed, step) -> uniform floats in [0, 1); independent of batch composition."""
-    with np.errstate(over="ignore"):
-        z = seeds.astype(np.uint64) + (steps.astype(np.uint64) + np.uint64(1)) * _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                   min_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Unnormalized sampling probabilities [B, N] after temperature, top-k, top-p and min-p, in the order
-    transformers applies its warpers; filtered-out tokens get 0. `index` [B, N] gives each column's token
-    (sorted, most likely first), or is None when the columns are the whole vocabulary in order.
-
-    min-p keeps the tokens whose probability is >= min_p times the most likely token's (as transformers'
-    MinPLogitsWarper); renormalizing after top-k/top-p does not change that ratio. temperature must be > 0.
-    """
-    logits = logits.float()
-    if top_k and top_k < logits.shape[-1]:  # sorted, largest first; the temperature divides only the k kept
-        compiled = logits.dim() == 2 and logits.is_contiguous() and kernels.available()
-        values, index = kernels.topk(logits, top_k) if compiled else torch.topk(logits, top_k, dim=-1)
-        values = values / temperature
-    elif top_p < 1.0:
-        values, index = torch.sort(logits / temperature, dim=-1, descending=True)
-    else:
-        values, index = logits / temperature, None
-    probs = torch.softmax(values, dim=-1)
-    if top_p < 1.0:
-        before = torch.cumsum(probs, dim=-1) - probs
-        probs = probs * (before < top_p)  # the smallest prefix whose mass reaches top_p
-    if min_p > 0:
-        probs = probs * (probs >= min_p * probs.amax(dim=-1, keepdim=True))  # the top token always stays
-    return probs, index
-
-
-def sample_tokens(logits: torch.Tensor, u: np.ndarray, temperature: float, top_k: int, top_p: float,
-                  min_p: float = 0.0) -> torch.Tensor:
-    """Sample one token per row from float logits with temperature, top-k, top-p (nucleus) and min-p.
-
-    Uses inverse-CDF sampling with the given uniforms `u` (one per row). temperature 0 is greedy.
-    """
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs, index = filtered_probs(logits, temperature, top_k, top_p, min_p)
-    cdf = torch.cumsum(probs, dim=-1)
-    target = torch.from_numpy(u).to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
-    choice = torch.searchsorted(cdf, target).clamp_(max=cdf.shape[-1] - 1)
-    return choice.squeeze(-1) if index is None else index.gather(-1, choice).squeeze(-1)
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:
@@ -172,8 +115,6 @@ class LlamaEngine:
         elif attention == "kernel" and not kernels.available():
             raise RuntimeError(f"the decode-attention kernel is unavailable: {kernels.unavailable_reason()}")
         self.attention = attention
-        # with the compiled attention kernel, RMSNorm and rotary (with the decode step's cache write) run in C too
-        self.compiled = attention == "kernel"
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -218,6 +159,12 @@ class LlamaEngine:
                 w(m.down_proj.weight),
             ))
         self._rope_cache = (0, None, None)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled kernels run attention, RMSNorm and rotary (with the decode step's cache write);
+        else SDPA and torch's ops."""
+        return self.attention == "kernel"
 
     # --------------------------------------------------------------------------- building blocks
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -324,13 +271,13 @@ class LlamaEngine:
 
     def packs(self, longest: int) -> bool:
         """Whether sequences of up to `longest` tokens (after a shared prefix) run packed (`prefill_packed`,
-        `forward_packed`): with the compiled attention kernel, up to PACKED_MAX_TOKENS."""
-        return self.attention == "kernel" and longest <= PACKED_MAX_TOKENS
+        `forward_packed`): with the compiled kernels, up to PACKED_MAX_TOKENS."""
+        return self.compiled and longest <= PACKED_MAX_TOKENS
 
     def _packed(self, sequences: list[list[int]], start: int, first_row: int) -> tuple:
         """Sequences end to end: tokens, positions (start, start + 1, ... per sequence), cache rows (first_row + i
         for sequence i) [N], and lengths [B]."""
-        if self.attention != "kernel":
+        if not self.compiled:
             raise ValueError("a packed pass needs the compiled attention kernel (use prefill)")
         lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
         if not len(sequences) or int(lengths.min()) < 1:
@@ -391,29 +338,27 @@ class LlamaEngine:
         several tokens may share a row: `prefill_packed` runs prompts through this same pass, each token seeing
         its row's cache up to its own position (K/V of a layer are written before any token reads them)."""
         S = tokens.shape[0]
-        if rows is not None and self.attention != "kernel":
+        if rows is not None and not self.compiled:
             raise ValueError("decode(rows=...) needs the compiled attention kernel; SDPA attends row s to cache row s")
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         group = H // KV
         rope = self._rope(positions)
-        if not self.compiled:
+        if not self.compiled:  # SDPA: an additive float mask, built once per step (it converts a boolean one per layer)
             rope = tuple(t.unsqueeze(1) for t in rope)                                # [S, 1, D]
-        if self.attention == "sdpa":  # an additive float mask, built once per step (SDPA converts a boolean one per layer)
             visible = (torch.arange(span).unsqueeze(0) <= positions.unsqueeze(1)).view(S, 1, 1, span)
             mask = torch.zeros(S, 1, 1, span, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
-        cache_rows = torch.arange(S) if rows is None else rows
+            every_row = torch.arange(S)
         x = self.embed[tokens]                                                         # [S, hidden]
         for i, (n1, qkv_w, o_w, n2, gu_w, down_w) in enumerate(self.layers):
             layer = cache[i]
-            if self.compiled:  # the kernel writes K and V to the cache as it rotates
+            if self.compiled:  # the rotary kernel writes K and V to the cache; each token attends to its own row's
+                # cache up to its own position
                 qkv = self._qkv(x, n1, qkv_w, rope, head_axis=-2, cache=(layer, rows))  # [S, H + 2 KV, D]
-            else:
-                qkv = self._qkv(x, n1, qkv_w, rope, head_axis=-2)
-                layer[cache_rows, :, positions] = qkv[:, H:]
-            if self.attention == "kernel":  # each token to its own row's cache, up to its own position
                 attn = kernels.decode_attention(qkv[:, :H], layer, positions, group, rows)
             else:  # one query per row: the query heads that share a KV head folded into SDPA's "length" axis,
                 # so grouped-query attention needs no copy of K/V
+                qkv = self._qkv(x, n1, qkv_w, rope, head_axis=-2)
+                layer[every_row, :, positions] = qkv[:, H:]
                 attn = F.scaled_dot_product_attention(
                     qkv[:, :H].reshape(S, KV, group, D), layer[:S, :KV, :span], layer[:S, KV:, :span],
                     attn_mask=mask).reshape(S, H * D)
