@@ -30,18 +30,19 @@ class MatmulLog:
         self.kv_bytes = 0   # KV cache read by the attention kernel (each row once per call, up to its furthest query)
 
     def __enter__(self):
+        import torch
+
         from workbench import engine, kernels
 
         self._engine, self._saved = engine, {name: getattr(engine, name) for name in ("_linear", "_linear_add", "_swiglu")}
         self._kernels, self._attention = kernels, kernels.decode_attention
 
         def attention(q, layer, positions, groups, rows=None):
-            import torch
-
-            furthest = positions if rows is None else torch.zeros(layer.shape[0], dtype=torch.long).scatter_reduce(
-                0, rows, positions + 1, "amax") - 1
+            # positions read per cache row: up to its furthest query (a decode step: each row's own position)
+            read = positions + 1 if rows is None else torch.zeros(layer.shape[0], dtype=torch.long).scatter_reduce(
+                0, rows, positions + 1, "amax")
             per_position = layer.shape[1] * layer.shape[3] * layer.element_size()  # K and V of every KV head
-            self.kv_bytes += int((furthest + 1).sum()) * per_position
+            self.kv_bytes += int(read.sum()) * per_position
             return self._attention(q, layer, positions, groups, rows)
 
         kernels.decode_attention = attention

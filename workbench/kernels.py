@@ -2,8 +2,9 @@
 log-probabilities.
 
     out = decode_attention(q, cache_layer, positions, groups, rows)  # a decode step's (or packed prefill's) attention
-    h = rms_norm(x, weight, eps)                                     # transformers' LlamaRMSNorm, fp32
+    h = rms_norm(x, weight, eps)                                     # transformers' LlamaRMSNorm, fp32 or bf16
     rotary(qkv, positions, cos, sin, rotate, cache, rows)            # rotary on Q and K in place; K, V into the cache
+    values, index = topk(logits, k)                                  # the sampler's top-k, as torch.topk
     token_logprobs(logits, targets, chosen, mean)                    # log p of targets (and the vocabulary mean)
 
 Why: in a decode step each row attends with one query (three, with SmolLM2's grouped-query heads) to its own
@@ -172,7 +173,7 @@ def decode_attention(q: torch.Tensor, layer: torch.Tensor, positions: torch.Tens
     _check_rows(rows, S, layer.shape[0])
     assert layer.dtype in DTYPES, f"the kernel reads fp32 and bf16 caches, not {layer.dtype}"
     fn = lib.decode_attention_f32 if layer.dtype == torch.float32 else lib.decode_attention_bf16
-    threads = max(1, min(torch.get_num_threads(), S))
+    threads = _threads(S)
     out = torch.empty(S, heads, D, dtype=torch.float32)
     scratch = torch.empty(threads, groups * L, dtype=torch.float32)
     with _scope(PROFILER_NAME):
@@ -211,8 +212,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     R = rows.shape[0]
     fn = lib.rms_norm_f32 if x.dtype == torch.float32 else lib.rms_norm_bf16
     with _scope("workbench::rms_norm"):
-        fn(rows.data_ptr(), rows.stride(0), weight.data_ptr(), out.data_ptr(), R, N, eps,
-           max(1, min(torch.get_num_threads(), R)))
+        fn(rows.data_ptr(), rows.stride(0), weight.data_ptr(), out.data_ptr(), R, N, eps, _threads(R))
     return out.view(x.shape)
 
 
@@ -241,7 +241,12 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: tor
     fn = lib.rotary_f32 if x.dtype == torch.float32 else lib.rotary_bf16
     with _scope("workbench::rotary"):
         fn(x.data_ptr(), R, heads * D, rotate, D, positions.data_ptr(), cos.data_ptr(), sin.data_ptr(), pointer,
-           None if rows is None or cache is None else rows.data_ptr(), store, L, max(1, min(torch.get_num_threads(), R)))
+           None if rows is None or cache is None else rows.data_ptr(), store, L, _threads(R))
+
+
+def _threads(rows: int) -> int:
+    """The OpenMP threads a kernel's rows run on: torch's own count, no more than there are rows."""
+    return max(1, min(torch.get_num_threads(), rows))
 
 
 def _check_rows(rows: torch.Tensor | None, n: int, cache_rows: int) -> None:
@@ -263,5 +268,5 @@ def topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     block_max = torch.empty(R, (V + 63) // 64, dtype=torch.float32)
     with _scope("workbench::topk"):
         lib.topk_f32(logits.data_ptr(), R, V, k, values.data_ptr(), index.data_ptr(), block_max.data_ptr(),
-                     max(1, min(torch.get_num_threads(), R)))
+                     _threads(R))
     return values, index
