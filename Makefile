@@ -26,12 +26,18 @@ chromium:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null)
 
 # llama-cpp-python has no wheel on PyPI: build it once (~6 min on 2 cores) into a cache outside the clone,
-# then every later install (a fresh venv, CI on a clean clone) takes the cached wheel
-WHEELS ?= $(HOME)/.cache/workbench/wheels
+# then every later install (a fresh venv, CI on a clean clone) takes the cached wheel.
+# Built without ggml's AMX path: on an Intel Xeon with AMX (2026-12-07) it crashed the process (segfault) while
+# repacking SmolLM2's q4_1 weights at load (the kind of crash in ggml-org/llama.cpp#19184); the AVX-512 kernels
+# serve instead. gcc lets an explicit -mno-amx-* win over ggml's -march=native. The cache folder is named after
+# the build, and pip's own wheel cache is bypassed, so a wheel built with AMX is never reused.
+WHEELS ?= $(HOME)/.cache/workbench/wheels/llama-cpp-noamx
 LLAMA_CPP_VERSION := 0.3.36
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 $(VENV)/.llamacpp: $(STAMP)
 	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
-		CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip wheel --quiet --no-deps "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEELS)
+		CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS='-DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"' \
+		$(PY) -m pip wheel --quiet --no-cache-dir --no-deps "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEELS)
 	$(PY) -m pip install --quiet --find-links $(WHEELS) "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
 	touch $@
 llamacpp: $(VENV)/.llamacpp
