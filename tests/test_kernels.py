@@ -322,6 +322,60 @@ def test_topk_kernel_keeps_the_lower_index_among_equal_values():
     assert index.tolist() == [list(range(5, 15))] * 3 and bool((values == 7.0).all())
 
 
+def test_token_logprobs_kernel_reads_bf16_logits():
+    """bf16 logits (the bf16 LM head's own output) give what their fp32 copy gives, to fp32 rounding."""
+    g = torch.Generator().manual_seed(4)
+    logits = (torch.randn(21, 5000, generator=g) * 4).bfloat16()
+    targets = torch.randint(0, 5000, (21,), generator=g)
+    chosen, mean, chosen32, mean32 = (torch.empty(21) for _ in range(4))
+    kernels.token_logprobs(logits, targets, chosen, mean)
+    kernels.token_logprobs(logits.float(), targets, chosen32, mean32)
+    assert torch.allclose(chosen, chosen32, atol=1e-5) and torch.allclose(mean, mean32, atol=1e-5)
+    reference = torch.log_softmax(logits.double(), -1)
+    assert torch.allclose(chosen.double(), reference.gather(-1, targets[:, None])[:, 0], atol=2e-5)
+
+
+def test_swiglu_kernel_matches_torch_in_bf16():
+    """silu(gate) * up of bf16 rows, rounded where torch rounds: identical to torch's two ops but where the two exp
+    implementations' last fp32 bit tips silu's rounding (then one bf16 step apart, two after the product); rows
+    independent of their batch."""
+    g = torch.Generator().manual_seed(5)
+    gate_up = (torch.randn(2, 67, 2 * 1536, generator=g) * 3).bfloat16()
+    gate_up[0, 0, :8] = torch.tensor([0.0, -0.0, 30.0, -30.0, 90.0, -90.0, 1e-3, -1e-3]).bfloat16()
+    out = kernels.swiglu(gate_up)
+    assert out.shape == (2, 67, 1536) and out.dtype == torch.bfloat16
+    reference = F.silu(gate_up[..., :1536]) * gate_up[..., 1536:]
+    assert float((out == reference).float().mean()) > 0.995
+    step = torch.maximum(out.float().abs(), reference.float().abs()) * 2.0 ** -7          # one bf16 step (8 bits)
+    assert bool(((out.float() - reference.float()).abs() <= 2 * step + 1e-30).all())
+    assert torch.equal(kernels.swiglu(gate_up[1, 5:6]), out[1, 5:6])
+    with pytest.raises(AssertionError):
+        kernels.swiglu(gate_up.float())                                              # fp32: oneDNN's post-op, not this
+
+
+def test_bf16_scoring_matches_transformers_bf16_log_probs(real_model_dir):
+    """The bf16 scoring pass (SwiGLU kernel, log-probs read from the bf16 logits) against transformers' bf16 forward
+    and log_softmax: as near the fp32 model's log-probs as transformers' own bf16 is."""
+    from workbench.models import load_model
+    from workbench.scoring import token_logprobs
+
+    fp32, bf16 = load_model("smollm2-135m", dtype="fp32"), load_model("smollm2-135m", dtype="bf16")
+    engine = LlamaEngine(bf16.model)
+    text = ["The capital of France is Paris, and the capital of Italy is Rome.", "Two plus two is four."]
+    ids = [bf16.tokenizer(t)["input_ids"] for t in text]
+    ours = token_logprobs(engine, ids, [1, 1])
+    for seq, got in zip(ids, ours):
+        x = torch.tensor([seq])
+        with torch.inference_mode():
+            exact = torch.log_softmax(fp32.model(x).logits[0, :-1].double(), -1)
+            theirs = torch.log_softmax(bf16.model(x).logits[0, :-1].float().double(), -1)
+        target = torch.tensor(seq[1:])[:, None]
+        exact, theirs = exact.gather(-1, target)[:, 0], theirs.gather(-1, target)[:, 0]
+        got = torch.as_tensor(got, dtype=torch.float64)
+        assert got.shape == exact.shape
+        assert float((got - exact).abs().mean()) <= 2 * float((theirs - exact).abs().mean()) + 0.01
+
+
 def test_bf16_engine_stays_as_close_to_fp32_as_transformers_bf16(real_model_dir):
     """In bf16 the engine (compiled norms and rotary, bit for bit transformers'; attention accumulated in fp32 from
     the bf16 cache) is not transformers' bf16 to the bit, but as near the fp32 model: its last-token logits, packed

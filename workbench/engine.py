@@ -201,10 +201,17 @@ class LlamaEngine:
         return x * cos + rotated * sin
 
     def _mlp(self, x, norm_w, gate_up_w, down_w):
-        return _linear_add(_swiglu(self._norm(x, norm_w), gate_up_w), down_w, x)
+        h = self._norm(x, norm_w)
+        if self.compiled and x.dtype == torch.bfloat16:  # fp32 does SwiGLU as oneDNN post-ops (`_swiglu`)
+            act = kernels.swiglu(_linear(h, gate_up_w))
+        else:
+            act = _swiglu(h, gate_up_w)
+        return _linear_add(act, down_w, x)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return _linear(self._norm(hidden, self.final_norm), self.lm_head).float()
+    def logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
+        """The LM head's logits of `hidden`, in fp32 (`float32=False`: in the engine's dtype, no fp32 copy)."""
+        logits = _linear(self._norm(hidden, self.final_norm), self.lm_head)
+        return logits.float() if float32 else logits
 
     # --------------------------------------------------------------------------- forward passes
     # The KV cache of a layer is one tensor [rows, 2 x KV heads, length, head_dim]: keys in the first KV heads,

@@ -1,9 +1,10 @@
-"""The engine's compiled C kernels: attention over the KV cache, RMSNorm, rotary, and the scoring passes'
-log-probabilities.
+"""The engine's compiled C kernels: attention over the KV cache, RMSNorm, rotary, bf16 SwiGLU, top-k, and the
+scoring passes' log-probabilities.
 
     out = decode_attention(q, cache_layer, positions, groups, rows)  # a decode step's (or packed prefill's) attention
     h = rms_norm(x, weight, eps)                                     # transformers' LlamaRMSNorm, fp32 or bf16
     rotary(qkv, positions, cos, sin, rotate, cache, rows)            # rotary on Q and K in place; K, V into the cache
+    act = swiglu(gate_up)                                            # silu(gate) * up in bf16 (fp32: a post-op)
     values, index = topk(logits, k)                                  # the sampler's top-k, as torch.topk
     token_logprobs(logits, targets, chosen, mean)                    # log p of targets (and the vocabulary mean)
 
@@ -115,9 +116,13 @@ def _load():
                     lib.topk_f32.restype = None
                     lib.topk_f32.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [
                         ctypes.c_int]
-                    lib.token_logprobs_f32.restype = None
-                    lib.token_logprobs_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+                    for fn in (lib.token_logprobs_f32, lib.token_logprobs_bf16):
+                        fn.restype = None
+                        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+                    lib.swiglu_bf16.restype = None
+                    lib.swiglu_bf16.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                                ctypes.c_int]
                     # the library's libgomp.so.1 must resolve to the one torch loaded (its threads are the ones
                     # torch uses); a runtime of its own would fight torch's threads for the cores. (Other
                     # libraries may carry their own, renamed runtimes: scikit-learn does. Those are not ours.)
@@ -185,18 +190,34 @@ def decode_attention(q: torch.Tensor, layer: torch.Tensor, positions: torch.Tens
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chosen: torch.Tensor,
                    mean: torch.Tensor | None = None) -> None:
-    """Into `chosen` [R]: log p of each row's target under fp32 `logits` [R, V] (logit - logsumexp); into `mean`
-    [R], if given: the mean log p over the vocabulary. One pass to the row's max and sum, one for the exponentials:
-    torch's logsumexp + gather + mean took ~3x as long on SmolLM2's 49k vocabulary (scoring.py)."""
+    """Into `chosen` [R]: log p of each row's target under `logits` [R, V] (logit - logsumexp); into `mean`
+    [R], if given: the mean log p over the vocabulary. fp32 or bf16 logits (bf16 read as fp32 as it goes, without
+    an fp32 copy of the logits: the same results as on `logits.float()` to fp32 rounding), fp32 results. One pass to the row's max and sum, one for the
+    exponentials: torch's logsumexp + gather + mean took ~3x as long on SmolLM2's 49k vocabulary (scoring.py)."""
     lib = _load()
     R, V = logits.shape
-    assert logits.dtype == torch.float32 and logits.is_contiguous() and chosen.is_contiguous()
+    assert logits.dtype in DTYPES and logits.is_contiguous() and chosen.is_contiguous()
     assert chosen.dtype == torch.float32 and chosen.shape == (R,) and (mean is None or mean.is_contiguous())
     targets = targets.to(torch.int64).contiguous()
     assert targets.shape == (R,) and bool(((targets >= 0) & (targets < V)).all())
+    fn = lib.token_logprobs_f32 if logits.dtype == torch.float32 else lib.token_logprobs_bf16
     with _scope("workbench::token_logprobs"):
-        lib.token_logprobs_f32(logits.data_ptr(), R, V, targets.data_ptr(), chosen.data_ptr(),
-                               None if mean is None else mean.data_ptr(), max(1, torch.get_num_threads()))
+        fn(logits.data_ptr(), R, V, targets.data_ptr(), chosen.data_ptr(),
+           None if mean is None else mean.data_ptr(), max(1, torch.get_num_threads()))
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of bf16 `gate_up` [..., 2I] (a row's gate, then its up: the fused matmul's output), in one
+    pass per row, rounded where torch's `F.silu(gate) * up` rounds; a new [..., I] tensor. (fp32 needs no kernel:
+    oneDNN applies it as the matmul's post-op, `matmul._swiglu`.)"""
+    lib = _load()
+    assert gate_up.dtype == torch.bfloat16 and gate_up.shape[-1] % 2 == 0
+    rows = gate_up.reshape(-1, gate_up.shape[-1]).contiguous()
+    R, I = rows.shape[0], rows.shape[1] // 2
+    out = torch.empty(R, I, dtype=torch.bfloat16)
+    with _scope("workbench::swiglu"):
+        lib.swiglu_bf16(rows.data_ptr(), out.data_ptr(), R, I, _threads(R))
+    return out.view(*gate_up.shape[:-1], I)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

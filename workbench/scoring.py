@@ -98,9 +98,9 @@ def _score(engine: LlamaEngine, sequences: list[list[int]], score_from: list[int
         if len(flat):
             states = hidden[flat]
             targets = tokens[flat + 1]
-            compiled = kernels.available()
+            compiled = kernels.available() and engine.dtype in kernels.DTYPES  # the kernel reads bf16 logits too
             for c in range(0, len(flat), SCORE_CHUNK):
-                logits = engine.logits(states[c:c + SCORE_CHUNK])                    # [rows, vocab] float32
+                logits = engine.logits(states[c:c + SCORE_CHUNK], float32=not compiled)  # [rows, vocab]
                 if compiled:  # logsumexp, the target's logit and the mean in two passes over each row
                     kernels.token_logprobs(logits, targets[c:c + SCORE_CHUNK], chosen[c:c + SCORE_CHUNK],
                                            mean[c:c + SCORE_CHUNK] if statistics else None)
