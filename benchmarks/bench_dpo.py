@@ -9,7 +9,7 @@ answers, i.e. 128-token sequences. DPO (TRL's DPOTrainer) takes 8 pairs per opti
 (chosen + rejected) = 2048 real tokens; SFT takes the same 16 sequences' worth (2048 tokens per step).
 Real tokens/s counts non-padding tokens (DPO: chosen + rejected sequences, prompt included; SFT: the whole
 sequence), timed after 2 warm-up steps. The share of the machine's matmul peak (measured here on square
-1024 x 1024 matmuls, fp32 and bf16; the bf16 one is the ceiling where training runs under bf16 autocast) uses the model's FLOPs per token: a forward pass costs 2 x 134.5 M (every weight,
+1024 x 1024 and 2048 x 2048 matmuls (the faster), fp32 and bf16; the bf16 one is the ceiling where training runs under bf16 autocast) uses the model's FLOPs per token: a forward pass costs 2 x 134.5 M (every weight,
 embedding-tied LM head included: TRL computes full logits), a backward 4 x that for full training; so full
 DPO ~ 8 x N per token (policy forward + backward, reference forward), LoRA DPO ~ 6 x N (no weight gradients
 for the frozen base, ~2 x N for activation gradients, the reference forward through the same network with its
