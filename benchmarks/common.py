@@ -64,14 +64,14 @@ def matmul_peaks(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 20, dtype
     import torch
 
     kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    products = {"torch": lambda a, b: a @ b}
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        products["onednn"] = lambda a, b: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     rates: dict[str, float] = {}
     for size in sizes:
         a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
-        products = {"torch": lambda: a @ b}
-        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-            products["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
         for name, product in products.items():
-            rate = 2 * size ** 3 / best_seconds(product, repeats, warmup=3) / 1e9
+            rate = 2 * size ** 3 / best_seconds(lambda: product(a, b), repeats, warmup=3) / 1e9
             rates[name] = max(rates.get(name, 0.0), rate)
     rates["best"] = max(rates.values())
     return rates

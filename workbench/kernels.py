@@ -192,8 +192,9 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chosen: torch.Te
                    mean: torch.Tensor | None = None) -> None:
     """Into `chosen` [R]: log p of each row's target under `logits` [R, V] (logit - logsumexp); into `mean`
     [R], if given: the mean log p over the vocabulary. fp32 or bf16 logits (bf16 read as fp32 as it goes, without
-    an fp32 copy of the logits: the same results as on `logits.float()` to fp32 rounding), fp32 results. One pass to the row's max and sum, one for the
-    exponentials: torch's logsumexp + gather + mean took ~3x as long on SmolLM2's 49k vocabulary (scoring.py)."""
+    an fp32 copy of the logits: the same results as on `logits.float()` to fp32 rounding), fp32 results. One pass
+    to the row's max and sum, one for the exponentials: torch's logsumexp + gather + mean took ~3x as long on
+    SmolLM2's 49k vocabulary (scoring.py)."""
     lib = _load()
     R, V = logits.shape
     assert logits.dtype in DTYPES and logits.is_contiguous() and chosen.is_contiguous()
