@@ -6,8 +6,8 @@
 
 `MatmulLog` wraps the engine's three matmul entry points (`workbench.engine._linear`, `_linear_add`,
 `_swiglu`) and counts each call's (rows, in, out) shape; `replay_seconds` then runs each distinct shape alone, on
-random data, through the same dispatch (oneDNN in fp32, `F.linear` in bf16), best of 3 after a warm-up, and sums
-count x time. The result is a floor on the workload's time at the shapes its scheduler chose (a shrinking batch's
+random data, through the same dispatch (oneDNN; bf16 weights reordered as the engine's, gate and up as one matmul),
+best of 3 after a warm-up, and sums count x time. The result is a floor on the workload's time at the shapes its scheduler chose (a shrinking batch's
 small decode steps included) and so a ceiling on its share of the machine's matmul peak: attention, sampling,
 norms, rotary and Python are all counted as free, and each matmul runs with its operands as warm as a tight loop
 leaves them. bench.py reports it beside each measured share (README: Speed).
@@ -76,13 +76,13 @@ def replay_seconds(shapes: Counter, dtype, repeats: int = 3) -> float:
     import torch
 
     from common import best_seconds
-    from workbench.matmul import _linear
+    from workbench.matmul import _linear, _prepacked
 
     total = 0.0
     weights: dict = {}
     for (m, k, n), count in sorted(shapes.items()):
         if (n, k) not in weights:
-            weights[(n, k)] = torch.randn(n, k, dtype=dtype) * k ** -0.5
+            weights[(n, k)] = _prepacked(torch.randn(n, k, dtype=dtype) * k ** -0.5)  # laid out as the engine's
         x, weight = torch.randn(m, k, dtype=dtype), weights[(n, k)]
         total += count * best_seconds(lambda: _linear(x, weight), repeats)
     return total

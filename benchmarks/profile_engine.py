@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -253,8 +254,9 @@ def shares(m: dict) -> tuple[dict, dict]:
 
 
 def model_counts(engine) -> dict:
-    layer = sum(w.numel() for n1, qkv, o, n2, gu, down in engine.layers for w in (qkv, o, gu, down))
-    return {"layer_matmul_params": int(layer), "lm_head_params": int(engine.lm_head.numel()),
+    # from the shapes: a weight may be reordered for oneDNN (bf16), or the gate and up weights a pair (`_GateUp`)
+    layer = sum(math.prod(w.shape) for n1, qkv, o, n2, gu, down in engine.layers for w in (qkv, o, gu, down))
+    return {"layer_matmul_params": int(layer), "lm_head_params": math.prod(engine.lm_head.shape),
             "layers": len(engine.layers), "heads": engine.n_heads, "kv_heads": engine.n_kv,
             "head_dim": engine.head_dim}
 

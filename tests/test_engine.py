@@ -213,11 +213,13 @@ def _reference_scores(engine, sequences, score_from, batch_size):
 def test_batched_scoring_matches_the_row_by_row_reference(tiny, batch_size, monkeypatch):
     """token_logprobs / token_statistics (sorted batches, one LM-head pass per chunk of scored positions,
     logit - logsumexp) give the per-row log-softmax's numbers, in the given order, with the same dtypes;
-    empty where nothing is scored (score_from at or past the end, or a one-token sequence)."""
+    empty where nothing is scored (score_from at or past the end, or a one-token sequence). The packed passes
+    batch by tokens (PACKED_BATCH_TOKENS, here a few batches' worth), the padded ones by `batch_size`."""
     from workbench import scoring
     from workbench.engine import token_logprobs, token_statistics
 
     monkeypatch.setattr(scoring, "SCORE_CHUNK", 7)  # several LM-head chunks per batch, split mid-sequence
+    monkeypatch.setattr(scoring, "PACKED_BATCH_TOKENS", 5 * batch_size)  # 340 tokens in all: 2 batches or more
     engine = LlamaEngine(tiny.model)
     rng = np.random.default_rng(16)
     vocab = tiny.model.config.vocab_size
@@ -228,7 +230,7 @@ def test_batched_scoring_matches_the_row_by_row_reference(tiny, batch_size, monk
     seen = []
     logprobs = token_logprobs(engine, sequences, score_from, batch_size, on_batch=seen.append)
     stats = token_statistics(engine, sequences, score_from, batch_size)
-    assert sum(seen) == len(sequences) and max(seen) <= batch_size
+    assert sum(seen) == len(sequences) and len(seen) == len(scoring._packed_batches(lengths)) > 1
     assert [len(lp) for lp in logprobs] == [max(n - max(f, 1), 0) for n, f in zip(lengths, score_from)]
     worst = 0.0
     for ref, lp, st in zip(reference, logprobs, stats):
@@ -253,6 +255,25 @@ def test_unpadded_prefill_uses_the_causal_path_with_the_same_numbers(tiny):
                         torch.tensor(rng.integers(0, 100, (1, 17)))])
     masked = engine.prefill(padded, torch.tensor([12, 12, 12, 17]), all_positions=True)[:3, :12]
     assert torch.allclose(causal, masked, atol=1e-5, rtol=0), (causal - masked).abs().max()
+
+
+def test_packed_batches_bound_tokens():
+    """Packed scoring batches: every sequence once, sorted by length, at most max_tokens tokens a batch unless one
+    sequence alone is longer, and a batch ends only where the next sequence would not fit."""
+    from workbench.scoring import _packed_batches
+
+    rng = np.random.default_rng(5)
+    for max_tokens in (1, 50, 300, 10_000):
+        lengths = rng.integers(1, 120, 200).tolist()
+        batches = _packed_batches(lengths, max_tokens)
+        flat = [i for batch in batches for i in batch]
+        assert sorted(flat) == list(range(len(lengths))) and [lengths[i] for i in flat] == sorted(lengths)
+        for batch, following in zip(batches, batches[1:] + [None]):
+            tokens = sum(lengths[i] for i in batch)
+            assert tokens <= max_tokens or len(batch) == 1
+            if following is not None:
+                assert tokens + lengths[following[0]] > max_tokens
+    assert _packed_batches([], 100) == []
 
 
 def test_length_batches_bound_rows_and_padding():
@@ -289,6 +310,48 @@ def test_fp32_matmul_is_true_fp32_and_batch_invariant():
     assert torch.allclose(full, F.linear(rows, weight), rtol=1e-4, atol=1e-3)
     for n in (2, 7, 33, 64):
         assert torch.equal(_linear(rows[:n], weight), full[:n])
+
+
+def test_bf16_weights_reordered_for_onednn_give_f_linear_numbers(tiny):
+    """bf16 matmul weights reordered once into oneDNN's layout (`_prepacked`): F.linear's numbers (identical
+    but for a rare last-bit rounding step at some batch sizes), empty batches, the residual add; the bf16 engine
+    holds them so, the fp32 engine the model's own weights."""
+    import torch.nn.functional as F
+
+    from workbench import matmul
+    from workbench.matmul import _linear, _linear_add, _prepacked, _prepacked_gate_up, _swiglu
+
+    assert matmul._PREPACK_BF16 == torch.backends.mkldnn.is_available()  # on unless WORKBENCH_PREPACK=0
+    g = torch.Generator().manual_seed(2)
+    weight = (torch.randn(320, 576, generator=g) * 0.05).to(torch.bfloat16)
+    packed, fp32_weight = _prepacked(weight), weight.float()
+    assert packed.is_mkldnn and packed.shape == weight.shape and _prepacked(fp32_weight) is fp32_weight
+    for n in (1, 5, 17, 128, 300, 1030):
+        x = torch.randn(n, 576, generator=g).to(torch.bfloat16)
+        got, want = _linear(x, packed), F.linear(x, weight)
+        assert got.dtype == torch.bfloat16 and got.shape == want.shape
+        assert (got == want).float().mean() > 0.999
+        assert torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=1e-6)
+        residual = torch.randn(n, 320, generator=g).to(torch.bfloat16)
+        assert torch.equal(_linear_add(x, packed, residual), residual + got)
+    assert _linear(torch.zeros(0, 576, dtype=torch.bfloat16), packed).shape == (0, 320)
+    assert _linear(torch.zeros(2, 3, 576, dtype=torch.bfloat16), packed).shape == (2, 3, 320)
+    # the MLP's gate and up, reordered as a pair: SwiGLU as oneDNN's post-ops on the unrounded products
+    gate_up = (torch.randn(2 * 96, 576, generator=g) * 0.05).to(torch.bfloat16)
+    pair = _prepacked_gate_up(gate_up)
+    assert pair.gate.is_mkldnn and pair.up.is_mkldnn and pair.shape == gate_up.shape
+    x = torch.randn(40, 576, generator=g).to(torch.bfloat16)
+    gate, up = F.linear(x.float(), gate_up.float()).chunk(2, dim=-1)
+    act = _swiglu(x, pair)
+    assert act.dtype == torch.bfloat16 and act.shape == (40, 96)
+    assert torch.allclose(act.float(), F.silu(gate) * up, rtol=2 ** -7, atol=1e-3)
+    assert _swiglu(x[:0], pair).shape == (0, 96)
+    bf16 = LlamaEngine(tiny.model, dtype=torch.bfloat16)
+    assert all(w.is_mkldnn for layer in bf16.layers for w in (layer[1], layer[2], layer[4].gate, layer[4].up, layer[5]))
+    assert bf16.lm_head.is_mkldnn and not bf16.embed.is_mkldnn
+    fp32 = LlamaEngine(tiny.model)
+    assert not any(w.is_mkldnn for layer in fp32.layers for w in layer) and not fp32.lm_head.is_mkldnn
+    assert fp32.layers[0][1].data_ptr() == tiny.model.model.layers[0].self_attn.q_proj.weight.data_ptr()
 
 
 def test_fused_post_ops_match_the_plain_formulas_and_stay_batch_invariant():

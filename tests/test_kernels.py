@@ -287,6 +287,7 @@ def test_generation_gives_the_same_tokens_with_packed_and_padded_prefill(tiny, m
 def test_scoring_passes_give_the_same_numbers_packed_and_padded(tiny, monkeypatch):
     """next_token_logits (after a shared chat prefix) and token_statistics, packed (`forward_packed`) and padded."""
     from workbench import engine as engine_module
+    from workbench import scoring
     from workbench.scoring import next_token_logits, token_statistics
 
     engine = LlamaEngine(tiny.model)
@@ -294,11 +295,13 @@ def test_scoring_passes_give_the_same_numbers_packed_and_padded(tiny, monkeypatc
                                                                     "Write a long poem about the sea and the sky.")]
     calls = []
     monkeypatch.setattr(engine, "forward_packed", lambda *a: calls.append(1) or LlamaEngine.forward_packed(engine, *a))
+    monkeypatch.setattr(scoring, "PACKED_BATCH_TOKENS", 1)  # packed batches by tokens: here one sequence each
     packed = next_token_logits(engine, ids, batch_size=3), token_statistics(engine, ids, [5, 9, 3, 12], batch_size=3)
-    assert len(calls) == 4                                                  # two batches in each pass
+    assert len(calls) == 8
     monkeypatch.setattr(engine_module, "PACKED_MAX_TOKENS", -1)
+    packed_calls = len(calls)
     padded = next_token_logits(engine, ids, batch_size=3), token_statistics(engine, ids, [5, 9, 3, 12], batch_size=3)
-    assert len(calls) == 4
+    assert len(calls) == packed_calls
     assert torch.allclose(packed[0], padded[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(packed[1], padded[1]):
         assert len(a["logprob"]) == len(b["logprob"]) > 0
@@ -379,18 +382,24 @@ def test_bf16_scoring_matches_transformers_bf16_log_probs(real_model_dir):
 def test_bf16_engine_stays_as_close_to_fp32_as_transformers_bf16(real_model_dir):
     """In bf16 the engine (compiled norms and rotary, bit for bit transformers'; attention accumulated in fp32 from
     the bf16 cache) is not transformers' bf16 to the bit, but as near the fp32 model: its last-token logits, packed
-    prefill and decode steps, against the fp32 forward, within twice transformers' own bf16 error."""
+    prefill and decode steps, against the fp32 forward, within twice transformers' own bf16 error at its worst
+    logit, and on average over the prompts as close as transformers' bf16 (one prompt's mean error moves 3x with
+    the batch's shape alone: 0.05-0.18 for "Name three colors."); its top token the fp32 model's (or, where the fp32
+    model's best two are within bf16's error, one of them)."""
+    from workbench import get_task
     from workbench.models import load_model
 
     fp32, bf16 = load_model("smollm2-135m", dtype="fp32"), load_model("smollm2-135m", dtype="bf16")
     engine = LlamaEngine(bf16.model)
     assert engine.compiled and engine.dtype == torch.bfloat16
-    prompts = ("What is 12+7?", "Name three colors.", "Write a long poem about the sea.")
+    prompts = ["What is 12+7?", "Name three colors.", "Write a long poem about the sea."]
+    prompts += list(get_task("instructions", n=9)["prompt"])
     ids = [encode_prompt(bf16.tokenizer, p, True, None) for p in prompts]
-    cache = engine.new_cache(3, max(map(len, ids)))
+    cache = engine.new_cache(len(ids), max(map(len, ids)))
+    ours_mean, their_mean = [], []
     with torch.inference_mode():
         heads = engine.prefill_packed([i[:-1] for i in ids], cache, 0)                # all but the last token
-        assert heads.shape == (3, bf16.model.config.hidden_size)
+        assert heads.shape == (len(ids), bf16.model.config.hidden_size)
         ours = engine.logits(engine.decode(torch.tensor([i[-1] for i in ids]),
                                            torch.tensor([len(i) - 1 for i in ids]), cache, max(map(len, ids))))
         for row, seq in enumerate(ids):
@@ -398,5 +407,13 @@ def test_bf16_engine_stays_as_close_to_fp32_as_transformers_bf16(real_model_dir)
             theirs = bf16.model(torch.tensor([seq])).logits[0, -1].float()
             ours_error, their_error = (ours[row] - reference).abs(), (theirs - reference).abs()
             assert float(ours_error.max()) <= 2 * float(their_error.max()) + 0.05
-            assert float(ours_error.mean()) <= 2 * float(their_error.mean()) + 0.01
-            assert int(ours[row].argmax()) == int(reference.argmax())
+            ours_mean.append(float(ours_error.mean()))
+            their_mean.append(float(their_error.mean()))
+            # the same top token where the fp32 model has a clear one; where its two best are nearer than bf16's
+            # error (the poem prompt: 26.28 vs 26.19, transformers' bf16 off by up to 0.47) either may come out top
+            best, second = reference.topk(2).values.tolist()
+            if best - second > 2 * float(their_error.max()):
+                assert int(ours[row].argmax()) == int(reference.argmax())
+            else:
+                assert float(reference[int(ours[row].argmax())]) >= best - 2 * float(their_error.max())
+    assert sum(ours_mean) <= 1.25 * sum(their_mean), (ours_mean, their_mean)

@@ -58,40 +58,48 @@ static inline void NAME(const float* restrict qh, const T* restrict K, const T* 
 
 /* Grouped-query attention of S queries, on `threads` OpenMP threads (torch's own pool: the library is linked
    against the libgomp torch already loaded). The cache of a layer is [rows, 2*KV, L, D] (keys in heads 0..KV-1,
-   values in KV..2KV-1); q is [S, KV*G, D] with a row stride of q_row_stride floats; out is [S, KV*G, D], fp32.
+   values in KV..2KV-1); q is [S, KV*G, D] with a row stride of q_row_stride elements; out is [S, KV*G, D]; both
+   in the cache's type T (a bf16 query is read into fp32 once per head, the fp32 output rounded once to bf16, as
+   torch's casts before and after an fp32 kernel would: the same numbers without those two passes; on a self-judge
+   batch's own inputs, 4,072 queries, AMX machine, one sitting: 14.3 -> 10.0-10.4 ms, fp32 unchanged).
    Query s attends to positions 0..pos[s] of cache row rows[s] (of row s where rows is NULL: a decode step; a
-   packed prefill has several queries per row). scratch_all holds threads*G*L floats. */
-#define DEFINE_STEP(NAME, T, LOAD)                                                                           \
+   packed prefill has several queries per row). scratch_all holds threads*G*L floats; G * D <= 4096. */
+#define DEFINE_STEP(NAME, T, LOAD, STORE)                                                                    \
 DEFINE_HEAD(NAME##_any, T, LOAD, G_, D_)                                                                     \
 DEFINE_HEAD(NAME##_g1, T, LOAD, 1, 64)                                                                       \
 DEFINE_HEAD(NAME##_g3, T, LOAD, 3, 64)                                                                       \
 DEFINE_HEAD(NAME##_g4, T, LOAD, 4, 64)                                                                       \
-void NAME(const float* restrict q, int64_t q_row_stride, const T* restrict cache, const int64_t* restrict pos, \
-          const int64_t* restrict rows, float* restrict out, int64_t S, int64_t KV, int64_t G, int64_t L,   \
+void NAME(const T* restrict q, int64_t q_row_stride, const T* restrict cache, const int64_t* restrict pos,   \
+          const int64_t* restrict rows, T* restrict out, int64_t S, int64_t KV, int64_t G, int64_t L,       \
           int64_t D, float scale, float* restrict scratch_all, int threads)                                 \
 {                                                                                                            \
     _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 2)")                                    \
     for (int64_t s = 0; s < S; ++s) {                                                                        \
         float* restrict scratch = scratch_all + (int64_t)omp_get_thread_num() * G * L;                       \
+        float qh[4096], oh[4096];                                                                            \
         const int64_t r = rows ? rows[s] : s;                                                                \
         const int64_t next_r = s + 1 < S ? (rows ? rows[s + 1] : s + 1) : -1;                                \
         for (int64_t h = 0; h < KV; ++h) {                                                                   \
             const T* K = cache + ((r * 2 * KV + h) * L) * D;                                                 \
             const T* V = cache + ((r * 2 * KV + KV + h) * L) * D;                                            \
-            const float* qh = q + s * q_row_stride + h * G * D;                                              \
-            float* oh = out + (s * KV + h) * G * D;                                                          \
+            const T* restrict qs = q + s * q_row_stride + h * G * D;                                         \
+            T* restrict os = out + (s * KV + h) * G * D;                                                     \
+            for (int64_t i = 0; i < G * D; ++i) qh[i] = LOAD(qs[i]);                                         \
             const int64_t n = pos[s] + 1;                                                                    \
             const T* nextK = h + 1 < KV ? K + L * D : next_r >= 0 ? cache + next_r * 2 * KV * L * D : 0;     \
             if (D == 64 && G == 3) NAME##_g3(qh, K, V, n, L, G, D, scale, scratch, oh, nextK);               \
             else if (D == 64 && G == 1) NAME##_g1(qh, K, V, n, L, G, D, scale, scratch, oh, nextK);          \
             else if (D == 64 && G == 4) NAME##_g4(qh, K, V, n, L, G, D, scale, scratch, oh, nextK);          \
             else NAME##_any(qh, K, V, n, L, G, D, scale, scratch, oh, nextK);                                \
+            for (int64_t i = 0; i < G * D; ++i) os[i] = STORE(oh[i]);                                        \
         }                                                                                                    \
     }                                                                                                        \
 }
 
-DEFINE_STEP(decode_attention_f32, float, AS_FLOAT)
-DEFINE_STEP(decode_attention_bf16, uint16_t, bf16_to_float)
+/* float_to_bf16 is defined below, with the elementwise passes */
+static inline uint16_t float_to_bf16(float f);
+DEFINE_STEP(decode_attention_f32, float, AS_FLOAT, AS_FLOAT)
+DEFINE_STEP(decode_attention_bf16, uint16_t, bf16_to_float, float_to_bf16)
 
 /* Elementwise passes in the model's dtype T (float or bf16 as uint16_t), computed in fp32 and rounded to T where
    transformers' ops round (ROUND: to T and back; STORE: to T), so bf16 gets transformers' bf16 numbers. */
@@ -161,7 +169,8 @@ DEFINE_ROTARY(rotary_bf16, uint16_t, bf16_to_float, BF16_ROUND, float_to_bf16)
    the fused gate/up matmul writes them; out [R, I]. Rounded where torch's ops round (silu to bf16, then the product),
    so it gives torch's numbers up to its exp's last fp32 bit. torch runs it as two ops, each converting bf16 to fp32
    and back with a temporary between: on the self-judge's packed 64 x 192 batches (AMX machine) silu and mul took
-   ~20% of the pass, more than the attention; fp32 needs none of this (oneDNN does it as the matmul's post-op). */
+   ~20% of the pass, more than the attention. Only for bf16 weights left in torch's layout (WORKBENCH_PREPACK=0): fp32
+   and reordered bf16 weights need none of this (oneDNN does it as the matmul's post-op, faster still). */
 void swiglu_bf16(const uint16_t* restrict x, uint16_t* restrict out, int64_t R, int64_t I, int threads)
 {
     _Pragma("omp parallel for num_threads(threads) schedule(static)")

@@ -167,8 +167,8 @@ def decode_attention(q: torch.Tensor, layer: torch.Tensor, positions: torch.Tens
     lib = _load()
     S, heads, D = q.shape
     KV, L = layer.shape[1] // 2, layer.shape[2]
-    if q.dtype != torch.float32:
-        q = q.float()
+    if q.dtype != layer.dtype:  # the kernel reads queries in the cache's dtype (bf16: into fp32 as it goes)
+        q = q.to(layer.dtype)
     if q.stride(2) != 1 or q.stride(1) != D:
         q = q.contiguous()
     # the kernel trusts its inputs (a position past the cache would read out of bounds): check them here
@@ -179,13 +179,12 @@ def decode_attention(q: torch.Tensor, layer: torch.Tensor, positions: torch.Tens
     assert layer.dtype in DTYPES, f"the kernel reads fp32 and bf16 caches, not {layer.dtype}"
     fn = lib.decode_attention_f32 if layer.dtype == torch.float32 else lib.decode_attention_bf16
     threads = _threads(S)
-    out = torch.empty(S, heads, D, dtype=torch.float32)
+    out = torch.empty(S, heads, D, dtype=layer.dtype)
     scratch = torch.empty(threads, groups * L, dtype=torch.float32)
     with _scope(PROFILER_NAME):
         fn(q.data_ptr(), q.stride(0), layer.data_ptr(), positions.data_ptr(), None if rows is None else rows.data_ptr(),
            out.data_ptr(), S, KV, groups, L, D, D ** -0.5, scratch.data_ptr(), threads)
-    out = out.view(S, heads * D)
-    return out if layer.dtype == torch.float32 else out.to(layer.dtype)
+    return out.view(S, heads * D)
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chosen: torch.Tensor,
@@ -209,8 +208,9 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chosen: torch.Te
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of bf16 `gate_up` [..., 2I] (a row's gate, then its up: the fused matmul's output), in one
-    pass per row, rounded where torch's `F.silu(gate) * up` rounds; a new [..., I] tensor. (fp32 needs no kernel:
-    oneDNN applies it as the matmul's post-op, `matmul._swiglu`.)"""
+    pass per row, rounded where torch's `F.silu(gate) * up` rounds; a new [..., I] tensor. For bf16 weights left in
+    torch's layout (WORKBENCH_PREPACK=0); fp32 and reordered bf16 weights need no kernel: oneDNN applies it as the
+    matmul's post-op (`matmul._swiglu`)."""
     lib = _load()
     assert gate_up.dtype == torch.bfloat16 and gate_up.shape[-1] % 2 == 0
     rows = gate_up.reshape(-1, gate_up.shape[-1]).contiguous()

@@ -1,6 +1,6 @@
 """The engine's matmuls: fp32 on oneDNN, the elementwise op after a matmul as its post-op, and int8 (W8A8).
 
-    out = _linear(x, weight)                  # x @ weight.T (oneDNN in fp32, F.linear in bf16, int8 for _Int8Weight)
+    out = _linear(x, weight)                  # x @ weight.T (oneDNN in fp32 and bf16, int8 for _Int8Weight)
     x = _linear_add(h, o_proj, x)             # x + h @ o_proj.T, the residual add fused into the matmul
     act = _swiglu(h, gate_up)                 # silu(h @ gate.T) * (h @ up.T), gate and up stacked in one weight
 
@@ -36,12 +36,50 @@ _ONEDNN_FP32 = (os.environ.get("WORKBENCH_FP32_MATMUL", "onednn") == "onednn" an
                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+# bf16 weights in oneDNN's own blocked layout, reordered once when the engine is built instead of inside every
+# matmul: a copy of the weights (SmolLM2-135M: 270 MB), F.linear's numbers (bit for bit at most batch sizes, a last-bit
+# rounding step in ~0.005% of the outputs at some: tests), faster at a decode step's shapes
+# (AMX machine, 128 rows, hot: the fused QKV 1,017 -> 1,512 GFLOP/s, gate/up 964 -> 1,150, the LM head 700 -> 1,014),
+# as fast on a scoring pass's thousands of rows. fp32 is not reordered: its copy would be 540 MB, against the engine's
+# promise to share the model's fp32 weights (models.py). `WORKBENCH_PREPACK=0` turns it off.
+PREPACK_ROWS = 128          # the batch size oneDNN lays the weights out for (a decode step's; any batch size runs)
+_PREPACK_BF16 = (os.environ.get("WORKBENCH_PREPACK", "1") != "0" and torch.backends.mkldnn.is_available()
+                 and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def _prepacked(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` [out, in] reordered into oneDNN's blocked layout where that applies (bf16), else as given."""
+    if _PREPACK_BF16 and weight.dtype == torch.bfloat16 and not weight.is_mkldnn:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PREPACK_ROWS)
+    return weight
+
+
+class _GateUp:
+    """The gate and up weights of a SwiGLU MLP, each reordered for oneDNN (`_prepacked`; a reordered weight cannot
+    be sliced, so they are not stacked), for `_swiglu`'s post-ops. `shape` is the stacked weight's."""
+
+    def __init__(self, gate_up: torch.Tensor):
+        inter = gate_up.shape[0] // 2
+        self.gate, self.up = _prepacked(gate_up[:inter]), _prepacked(gate_up[inter:])
+        self.shape = gate_up.shape
+
+
+def _prepacked_gate_up(gate_up: torch.Tensor):
+    """Stacked gate/up weights [2 x inter, hidden] as a `_GateUp` where bf16 weights are reordered, else as given."""
+    return _GateUp(gate_up) if _PREPACK_BF16 and gate_up.dtype == torch.bfloat16 else gate_up
+
+
 def _on_onednn(x: torch.Tensor, weight) -> bool:
     """True where the matmul x @ weight.T runs on oneDNN here: fp32, not int8, not empty."""
     return _ONEDNN_FP32 and x.dtype == torch.float32 and not isinstance(weight, _Int8Weight) and bool(x.numel())
 
 
 def _linear(x: torch.Tensor, weight) -> torch.Tensor:
+    if isinstance(weight, torch.Tensor) and weight.is_mkldnn:  # `_prepacked`: oneDNN's layout, only oneDNN reads it
+        if not x.numel():
+            return x.new_empty(*x.shape[:-1], weight.shape[0])
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
     if _on_onednn(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
     if not isinstance(weight, _Int8Weight):
@@ -69,7 +107,15 @@ def _linear_add(x: torch.Tensor, weight, residual: torch.Tensor) -> torch.Tensor
 
 
 def _swiglu(x: torch.Tensor, gate_up) -> torch.Tensor:
-    """silu(x @ gate.T) * (x @ up.T), with gate and up stacked in one weight [2 x inter, hidden]."""
+    """silu(x @ gate.T) * (x @ up.T), with gate and up stacked in one weight [2 x inter, hidden] (or reordered, a
+    `_GateUp`: bf16, where the post-ops took SmolLM2's MLP from 0.97 to 0.85 ms on 128 rows, 18.6 to 15.6 ms on
+    4,096, against the stacked matmul and the SwiGLU kernel; silu and the product then act on the unrounded
+    products, so the numbers are not torch's bf16 ops' to the bit)."""
+    if isinstance(gate_up, _GateUp):
+        if not x.numel():
+            return x.new_empty(*x.shape[:-1], gate_up.shape[0] // 2)
+        gate = torch.ops.mkldnn._linear_pointwise(x, gate_up.gate, None, "swish", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, gate, gate_up.up, None, "mul")
     if _on_onednn(x, gate_up):
         inter = gate_up.shape[0] // 2
         gate = torch.ops.mkldnn._linear_pointwise(x, gate_up[:inter], None, "swish", [], "")
