@@ -1,11 +1,13 @@
-"""The engine's matmuls: fp32 on oneDNN, the elementwise op after a matmul as its post-op, and int8 (W8A8).
+"""The engine's matmuls: on oneDNN (fp32 on the plain weights, bf16 on weights reordered once into its layout),
+the elementwise op after a matmul as its post-op, and int8 (W8A8).
 
     out = _linear(x, weight)                  # x @ weight.T (oneDNN in fp32 and bf16, int8 for _Int8Weight)
-    x = _linear_add(h, o_proj, x)             # x + h @ o_proj.T, the residual add fused into the matmul
-    act = _swiglu(h, gate_up)                 # silu(h @ gate.T) * (h @ up.T), gate and up stacked in one weight
+    x = _linear_add(h, o_proj, x)             # x + h @ o_proj.T, the residual add fused into the matmul (fp32)
+    act = _swiglu(h, gate_up)                 # silu(h @ gate.T) * (h @ up.T), gate and up stacked (or a _GateUp)
 
 `workbench/engine.py` calls these three and nothing else for its matmuls (benchmarks/matmul_ceiling.py counts
-them there). Each keeps a row's result independent of the other rows of its batch (tests).
+them there). In fp32 and int8 a row's result does not depend on the other rows of its batch (tests); in bf16 it
+may, by a rounding step (oneDNN picks its blocking by batch size).
 """
 from __future__ import annotations
 
