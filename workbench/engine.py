@@ -7,9 +7,9 @@ per-step Python and cache bookkeeping (its dynamic KV cache grows by concatenati
 rows that already finished, and samples over the full vocabulary with a sort. This engine
   * holds a preallocated KV cache, one request per row, each at its own position, K and V of a layer in
     one tensor (written once per layer and step);
-  * runs the model's weights with fused QKV and gate/up matmuls on oneDNN: in bf16 reordered once into its
-    layout (`matmul._prepacked`), in fp32 the model's own, with the residual adds and SwiGLU done as the matmuls'
-    post-ops; and computes logits only for the positions it samples from;
+  * runs the model's weights with fused QKV and gate/up matmuls on oneDNN, SwiGLU done as the matmuls' post-ops:
+    in bf16 on weights reordered once into its layout (`matmul._prepacked`), in fp32 on the model's own, with the
+    residual adds as post-ops too; and computes logits only for the positions it samples from;
   * attends, in a decode step, with a small compiled kernel (`workbench/kernels.py`) that reads each row's
     K/V only up to its own position; RMSNorm and rotary (with the cache write) are compiled too
     (SDPA and torch's ops where no C compiler is found);
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
-from .matmul import (_Int8Weight, _linear, _linear_add, _prepacked, _prepacked_gate_up,  # noqa: F401 (int8_gate)
-                     _swiglu)
+from .matmul import (_GateUp, _Int8Weight, _linear, _linear_add, _prepacked,  # noqa: F401 (int8_gate)
+                     _prepacked_gate_up, _swiglu)
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:
@@ -205,8 +205,8 @@ class LlamaEngine:
 
     def _mlp(self, x, norm_w, gate_up_w, down_w):
         h = self._norm(x, norm_w)
-        if self.compiled and x.dtype == torch.bfloat16 and isinstance(gate_up_w, torch.Tensor):
-            # bf16 weights not reordered for oneDNN (WORKBENCH_PREPACK=0): the SwiGLU kernel; else oneDNN's post-ops
+        if self.compiled and x.dtype == torch.bfloat16 and not isinstance(gate_up_w, _GateUp):
+            # bf16 gate/up not reordered for oneDNN (int8, WORKBENCH_PREPACK=0): the SwiGLU kernel; else its post-ops
             act = kernels.swiglu(_linear(h, gate_up_w))
         else:
             act = _swiglu(h, gate_up_w)
