@@ -4,6 +4,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 static inline float bf16_to_float(uint16_t b) {
     union { uint32_t u; float f; } x; x.u = ((uint32_t)b) << 16; return x.f;
@@ -100,6 +101,135 @@ void NAME(const T* restrict q, int64_t q_row_stride, const T* restrict cache, co
 static inline uint16_t float_to_bf16(float f);
 DEFINE_STEP(decode_attention_f32, float, AS_FLOAT, AS_FLOAT)
 DEFINE_STEP(decode_attention_bf16, uint16_t, bf16_to_float, float_to_bf16)
+
+/* Packed prefill attention: the same inputs and results as the decode kernel above, but the queries of a cache row
+   (a packed sequence, consecutive in q) run as tiles of TILE_ROWS query-head rows against that row's keys and
+   values, which are converted to fp32 once per row and KV head (keys transposed into blocks of VW). The decode
+   kernel reads a key or value row per query and reduces each dot product across the vector lanes; here every key
+   block loaded feeds TILE_ROWS multiply-adds, with the accumulators in registers, as a GEMM's micro-kernel does.
+   Units of work (a row's run of queries x a KV head) go to `threads` OpenMP threads. Where D is not a multiple of
+   4 x VW the decode kernel runs instead. */
+#if defined(__AVX512F__)
+#define VW 16
+#define PV_ROWS 6
+#elif defined(__AVX__)
+#define VW 8
+#define PV_ROWS 3
+#else
+#define VW 4
+#define PV_ROWS 3
+#endif
+#define TILE_ROWS 12
+typedef float vfloat __attribute__((vector_size(VW * 4)));
+static inline vfloat vload(const float* p) { vfloat v; __builtin_memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float* p, vfloat v) { __builtin_memcpy(p, &v, sizeof v); }
+
+#define DEFINE_PREFILL(NAME, STEP, T, LOAD, STORE)                                                           \
+void NAME(const T* restrict q, int64_t q_row_stride, const T* restrict cache, const int64_t* restrict pos,   \
+          const int64_t* restrict rows, T* restrict out, int64_t S, int64_t KV, int64_t G, int64_t L,       \
+          int64_t D, float scale, float* restrict scratch_all, int threads)                                 \
+{                                                                                                            \
+    if (D % (4 * VW) || !rows) {                                                                             \
+        STEP(q, q_row_stride, cache, pos, rows, out, S, KV, G, L, D, scale, scratch_all, threads);          \
+        return;                                                                                              \
+    }                                                                                                        \
+    int64_t* starts = malloc((S + 1) * sizeof(int64_t));                                                     \
+    int64_t runs = 0;                                                                                        \
+    for (int64_t s = 0; s < S; ++s)                                                                          \
+        if (s == 0 || rows[s] != rows[s - 1]) starts[runs++] = s;                                            \
+    starts[runs] = S;                                                                                        \
+    const int64_t Lp = (L + VW - 1) / VW * VW;                                                               \
+    _Pragma("omp parallel num_threads(threads)")                                                             \
+    {                                                                                                        \
+        float* restrict Kt = aligned_alloc(64, ((2 * D * Lp + TILE_ROWS * (Lp + D)) * 4 + 63) / 64 * 64);         \
+        float* restrict Vf = Kt + D * Lp;                                                                    \
+        float* restrict Sc = Vf + D * Lp;                 /* [TILE_ROWS, Lp] scores, then probabilities */   \
+        float* restrict Qt = Sc + TILE_ROWS * Lp;          /* [TILE_ROWS, D] the tile's queries, scaled */   \
+        _Pragma("omp for schedule(dynamic, 1)")                                                              \
+        for (int64_t unit = 0; unit < runs * KV; ++unit) {                                                   \
+            const int64_t run = unit / KV, h = unit % KV, s0 = starts[run], T_ = starts[run + 1] - s0;       \
+            const int64_t r = rows[s0];                                                                      \
+            int64_t n_all = 0;                                                                               \
+            for (int64_t s = s0; s < s0 + T_; ++s) n_all = pos[s] + 1 > n_all ? pos[s] + 1 : n_all;          \
+            const T* K = cache + ((r * 2 * KV + h) * L) * D;                                                 \
+            const T* V = cache + ((r * 2 * KV + KV + h) * L) * D;                                            \
+            const int64_t blocks = (n_all + VW - 1) / VW;                                                    \
+            for (int64_t b = 0; b < blocks; ++b)            /* keys as [block, D, VW], zero past n_all */    \
+                for (int64_t j = 0; j < VW; ++j) {                                                           \
+                    const int64_t t = b * VW + j;                                                            \
+                    for (int64_t d = 0; d < D; ++d)                                                          \
+                        Kt[(b * D + d) * VW + j] = t < n_all ? LOAD(K[t * D + d]) : 0.f;                     \
+                }                                                                                            \
+            for (int64_t i = 0; i < n_all * D; ++i) Vf[i] = LOAD(V[i]);                                      \
+            const int64_t R = T_ * G;                        /* rows of this unit: query token x head */     \
+            for (int64_t j0 = 0; j0 < R; j0 += TILE_ROWS) {                                                  \
+                int64_t n[TILE_ROWS], tile_n = 0;                                                            \
+                for (int64_t i = 0; i < TILE_ROWS; ++i) {    /* past the unit's end: its last row again */   \
+                    const int64_t j = j0 + i < R ? j0 + i : R - 1, s = s0 + j / G, g = j % G;                \
+                    const T* qs = q + s * q_row_stride + (h * G + g) * D;                                    \
+                    for (int64_t d = 0; d < D; ++d) Qt[i * D + d] = LOAD(qs[d]) * scale;                     \
+                    n[i] = pos[s] + 1;                                                                       \
+                    tile_n = n[i] > tile_n ? n[i] : tile_n;                                                  \
+                }                                                                                            \
+                for (int64_t b = 0; b < (tile_n + VW - 1) / VW; ++b) {                                       \
+                    vfloat acc[TILE_ROWS];                                                                   \
+                    _Pragma("GCC unroll 12")                                                                 \
+                    for (int i = 0; i < TILE_ROWS; ++i) acc[i] = (vfloat){0};                                \
+                    const float* kb = Kt + b * D * VW;                                                       \
+                    for (int64_t d = 0; d < D; ++d) {                                                        \
+                        const vfloat k = vload(kb + d * VW);                                                 \
+                        _Pragma("GCC unroll 12")                                                             \
+                        for (int i = 0; i < TILE_ROWS; ++i) acc[i] += Qt[i * D + d] * k;                     \
+                    }                                                                                        \
+                    _Pragma("GCC unroll 12")                                                                 \
+                    for (int i = 0; i < TILE_ROWS; ++i) vstore(Sc + i * Lp + b * VW, acc[i]);                \
+                }                                                                                            \
+                float inv[TILE_ROWS];   /* softmax over the row's own positions, 1 / sum applied to the output */ \
+                for (int64_t i = 0; i < TILE_ROWS; ++i) {                                                    \
+                    float* sc = Sc + i * Lp, m = -FLT_MAX, sum = 0.f;                                        \
+                    for (int64_t t = 0; t < n[i]; ++t) m = sc[t] > m ? sc[t] : m;                            \
+                    for (int64_t t = 0; t < n[i]; ++t) { sc[t] = expf(sc[t] - m); sum += sc[t]; }            \
+                    inv[i] = 1.f / sum;                                                                      \
+                    for (int64_t t = n[i]; t < tile_n; ++t) sc[t] = 0.f;                                     \
+                }                                                                                            \
+                for (int64_t i0 = 0; i0 < TILE_ROWS; i0 += PV_ROWS) {                                        \
+                    int64_t rows_n = 0;                                                                      \
+                    for (int64_t i = i0; i < i0 + PV_ROWS; ++i) rows_n = n[i] > rows_n ? n[i] : rows_n;      \
+                    for (int64_t c = 0; c < D; c += 4 * VW) {                                                \
+                        vfloat acc[PV_ROWS][4];                                                              \
+                        _Pragma("GCC unroll 6")                                                              \
+                        for (int i = 0; i < PV_ROWS; ++i)                                                    \
+                            for (int k = 0; k < 4; ++k) acc[i][k] = (vfloat){0};                             \
+                        for (int64_t t = 0; t < rows_n; ++t) {                                               \
+                            const float* v = Vf + t * D + c;                                                 \
+                            const vfloat v0 = vload(v), v1 = vload(v + VW), v2 = vload(v + 2 * VW),          \
+                                         v3 = vload(v + 3 * VW);                                             \
+                            _Pragma("GCC unroll 6")                                                          \
+                            for (int i = 0; i < PV_ROWS; ++i) {                                              \
+                                const float p = Sc[(i0 + i) * Lp + t];                                       \
+                                acc[i][0] += p * v0; acc[i][1] += p * v1;                                    \
+                                acc[i][2] += p * v2; acc[i][3] += p * v3;                                    \
+                            }                                                                                \
+                        }                                                                                    \
+                        for (int64_t i = 0; i < PV_ROWS; ++i) {                                              \
+                            const int64_t j = j0 + i0 + i;                                                   \
+                            if (j >= R) break;                                                               \
+                            const int64_t s = s0 + j / G, g = j % G;                                         \
+                            T* os = out + ((s * KV + h) * G + g) * D + c;                                    \
+                            float o[4 * VW];                                                                 \
+                            for (int k = 0; k < 4; ++k) vstore(o + k * VW, acc[i][k] * inv[i0 + i]);                       \
+                            for (int64_t d = 0; d < 4 * VW; ++d) os[d] = STORE(o[d]);                        \
+                        }                                                                                    \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        free(Kt);                                                                                            \
+    }                                                                                                        \
+    free(starts);                                                                                            \
+}
+DEFINE_PREFILL(prefill_attention_f32, decode_attention_f32, float, AS_FLOAT, AS_FLOAT)
+DEFINE_PREFILL(prefill_attention_bf16, decode_attention_bf16, uint16_t, bf16_to_float, float_to_bf16)
 
 /* Elementwise passes in the model's dtype T (float or bf16 as uint16_t), computed in fp32 and rounded to T where
    transformers' ops round (ROUND: to T and back; STORE: to T), so bf16 gets transformers' bf16 numbers. */
