@@ -141,7 +141,7 @@ void NAME(const T* restrict q, int64_t q_row_stride, const T* restrict cache, co
     const int64_t Lp = (L + VW - 1) / VW * VW;                                                               \
     _Pragma("omp parallel num_threads(threads)")                                                             \
     {                                                                                                        \
-        float* restrict Kt = aligned_alloc(64, ((2 * D * Lp + TILE_ROWS * (Lp + D)) * 4 + 63) / 64 * 64);         \
+        float* restrict Kt = aligned_alloc(64, ((2 * D * Lp + TILE_ROWS * (Lp + D)) * 4 + 63) / 64 * 64);    \
         float* restrict Vf = Kt + D * Lp;                                                                    \
         float* restrict Sc = Vf + D * Lp;                 /* [TILE_ROWS, Lp] scores, then probabilities */   \
         float* restrict Qt = Sc + TILE_ROWS * Lp;          /* [TILE_ROWS, D] the tile's queries, scaled */   \
@@ -184,7 +184,7 @@ void NAME(const T* restrict q, int64_t q_row_stride, const T* restrict cache, co
                     _Pragma("GCC unroll 12")                                                                 \
                     for (int i = 0; i < TILE_ROWS; ++i) vstore(Sc + i * Lp + b * VW, acc[i]);                \
                 }                                                                                            \
-                float inv[TILE_ROWS];   /* softmax over the row's own positions, 1 / sum applied to the output */ \
+                float inv[TILE_ROWS];    /* softmax over each row's own positions; 1 / sum at the end */     \
                 for (int64_t i = 0; i < TILE_ROWS; ++i) {                                                    \
                     float* sc = Sc + i * Lp, m = -FLT_MAX, sum = 0.f;                                        \
                     for (int64_t t = 0; t < n[i]; ++t) m = sc[t] > m ? sc[t] : m;                            \
@@ -217,7 +217,7 @@ void NAME(const T* restrict q, int64_t q_row_stride, const T* restrict cache, co
                             const int64_t s = s0 + j / G, g = j % G;                                         \
                             T* os = out + ((s * KV + h) * G + g) * D + c;                                    \
                             float o[4 * VW];                                                                 \
-                            for (int k = 0; k < 4; ++k) vstore(o + k * VW, acc[i][k] * inv[i0 + i]);                       \
+                            for (int k = 0; k < 4; ++k) vstore(o + k * VW, acc[i][k] * inv[i0 + i]);         \
                             for (int64_t d = 0; d < 4 * VW; ++d) os[d] = STORE(o[d]);                        \
                         }                                                                                    \
                     }                                                                                        \
