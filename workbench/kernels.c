@@ -124,24 +124,35 @@ typedef float vfloat __attribute__((vector_size(VW * 4)));
 static inline vfloat vload(const float* p) { vfloat v; __builtin_memcpy(&v, p, sizeof v); return v; }
 static inline void vstore(float* p, vfloat v) { __builtin_memcpy(p, &v, sizeof v); }
 
+/* Floats of scratch a thread needs for prefill_attention_*: the decode kernel's G * L where it runs instead,
+   else the row's keys and values in fp32 (2 D Lp), a tile's scores (TILE_ROWS Lp) and queries (TILE_ROWS D);
+   a multiple of 16 floats, so every thread's share starts 64-byte aligned. The caller allocates threads x this. */
+int64_t prefill_attention_scratch(int64_t L, int64_t D, int64_t G)
+{
+    const int64_t Lp = (L + VW - 1) / VW * VW;
+    const int64_t tiles = D % (4 * VW) ? 0 : 2 * D * Lp + TILE_ROWS * (Lp + D);
+    const int64_t floats = tiles > G * L ? tiles : G * L;
+    return (floats + 15) / 16 * 16;
+}
+
 #define DEFINE_PREFILL(NAME, STEP, T, LOAD, STORE)                                                           \
 void NAME(const T* restrict q, int64_t q_row_stride, const T* restrict cache, const int64_t* restrict pos,   \
           const int64_t* restrict rows, T* restrict out, int64_t S, int64_t KV, int64_t G, int64_t L,       \
           int64_t D, float scale, float* restrict scratch_all, int threads)                                 \
 {                                                                                                            \
-    if (D % (4 * VW) || !rows) {                                                                             \
+    int64_t* starts = D % (4 * VW) || !rows ? NULL : malloc((S + 1) * sizeof(int64_t));                      \
+    if (!starts) {                                                                                           \
         STEP(q, q_row_stride, cache, pos, rows, out, S, KV, G, L, D, scale, scratch_all, threads);          \
         return;                                                                                              \
     }                                                                                                        \
-    int64_t* starts = malloc((S + 1) * sizeof(int64_t));                                                     \
     int64_t runs = 0;                                                                                        \
     for (int64_t s = 0; s < S; ++s)                                                                          \
         if (s == 0 || rows[s] != rows[s - 1]) starts[runs++] = s;                                            \
     starts[runs] = S;                                                                                        \
-    const int64_t Lp = (L + VW - 1) / VW * VW;                                                               \
+    const int64_t Lp = (L + VW - 1) / VW * VW, per_thread = prefill_attention_scratch(L, D, G);              \
     _Pragma("omp parallel num_threads(threads)")                                                             \
     {                                                                                                        \
-        float* restrict Kt = aligned_alloc(64, ((2 * D * Lp + TILE_ROWS * (Lp + D)) * 4 + 63) / 64 * 64);    \
+        float* restrict Kt = scratch_all + (int64_t)omp_get_thread_num() * per_thread;                       \
         float* restrict Vf = Kt + D * Lp;                                                                    \
         float* restrict Sc = Vf + D * Lp;                 /* [TILE_ROWS, Lp] scores, then probabilities */   \
         float* restrict Qt = Sc + TILE_ROWS * Lp;          /* [TILE_ROWS, D] the tile's queries, scaled */   \
@@ -224,7 +235,6 @@ void NAME(const T* restrict q, int64_t q_row_stride, const T* restrict cache, co
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
-        free(Kt);                                                                                            \
     }                                                                                                        \
     free(starts);                                                                                            \
 }

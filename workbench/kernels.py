@@ -116,6 +116,8 @@ def _load():
                         fn.restype = None
                         fn.argtypes = ([ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 5
                                        + [ctypes.c_int64] * 2 + [ctypes.c_int])
+                    lib.prefill_attention_scratch.restype = ctypes.c_int64
+                    lib.prefill_attention_scratch.argtypes = [ctypes.c_int64] * 3
                     lib.topk_f32.restype = None
                     lib.topk_f32.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [
                         ctypes.c_int]
@@ -186,7 +188,9 @@ def decode_attention(q: torch.Tensor, layer: torch.Tensor, positions: torch.Tens
         fn = lib.prefill_attention_f32 if layer.dtype == torch.float32 else lib.prefill_attention_bf16
     threads = _threads(S)
     out = torch.empty(S, heads, D, dtype=layer.dtype)
-    scratch = torch.empty(threads, groups * L, dtype=torch.float32)
+    # per thread: the decode kernel's scores, or a packed prefill's fp32 keys, values and tile (the C side says how many)
+    per_thread = groups * L if rows is None else lib.prefill_attention_scratch(L, D, groups)
+    scratch = torch.empty(threads, per_thread, dtype=torch.float32)
     with _scope(PROFILER_NAME):
         fn(q.data_ptr(), q.stride(0), layer.data_ptr(), positions.data_ptr(), None if rows is None else rows.data_ptr(),
            out.data_ptr(), S, KV, groups, L, D, D ** -0.5, scratch.data_ptr(), threads)
